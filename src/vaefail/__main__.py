@@ -1,0 +1,107 @@
+"""Command line of the workflow's jobs: `python -m vaefail <command> ...`.
+
+Each command calls one function of the package; the Snakemake rules call these.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vaefail", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name, help_text):
+        c = sub.add_parser(name, help=help_text)
+        c.add_argument("--settings", required=True, help="the run's settings.json")
+        return c
+
+    c = command("surrogate", "fit the ground-truth decoder network of a 2-D example")
+    c.add_argument("--base", required=True)
+    c.add_argument("--out", required=True)
+
+    c = command("dataset", "draw every version of a data set from its ground-truth decoder")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--surrogate", required=True)
+    c.add_argument("--out", nargs="+", required=True)
+
+    c = command("gt-encoders", "fit encoders to the frozen ground-truth decoder")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--surrogate", required=True)
+    c.add_argument("--data", nargs="+", required=True)
+    c.add_argument("--out", nargs="+", required=True)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--threads", type=int, default=1)
+
+    c = command("train", "train all restarts of one setting as one batched ensemble")
+    c.add_argument("--experiment", required=True)
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--setting", required=True)
+    c.add_argument("--surrogate", required=True)
+    c.add_argument("--data", nargs="+", required=True)
+    c.add_argument("--gt-encoders", nargs="*", default=[])
+    c.add_argument("--out-stems", nargs="+", required=True)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--threads", type=int, default=1)
+
+    c = command("select", "pick the best restart and hyperparameters of an experiment")
+    c.add_argument("--experiment", required=True)
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--out-all", required=True)
+
+    c = command("table", "build one table (csv + tex) from selected results")
+    c.add_argument("--table", required=True, choices=["table1", "table2", "theorem2"])
+    c.add_argument("--selected", nargs="+", required=True)
+    c.add_argument("--out", required=True)
+
+    c = command("figure", "draw one figure from saved results")
+    c.add_argument("--figure", required=True, choices=["panels", "figure1", "latent"])
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--dataset", default=None)
+    c.add_argument("--method", default=None)
+    c.add_argument("--out", required=True, help="output path without extension (.pdf and .png)")
+
+    c = command("paper", "build the reproduction report PDF with latexmk")
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out", required=True)
+    return p
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import torch
+    torch.set_flush_denormal(True)  # denormal Adam moments are slow on CPUs
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    from . import jobs
+    settings = jobs.load_settings(args.settings)
+    if args.command == "surrogate":
+        jobs.make_surrogate(settings, args.base, args.out)
+    elif args.command == "dataset":
+        jobs.make_dataset(settings, args.dataset, args.surrogate, args.out)
+    elif args.command == "gt-encoders":
+        jobs.fit_gt_encoders(settings, args.dataset, args.surrogate, args.data, args.out, args.device)
+    elif args.command == "train":
+        jobs.train_job(settings, args.experiment, args.dataset, args.setting, args.surrogate,
+                       args.data, args.gt_encoders, args.out_stems, args.device)
+    elif args.command == "select":
+        from .selection import select_experiment
+        select_experiment(settings, args.experiment, args.outdir, args.out, args.out_all)
+    elif args.command == "table":
+        from .tables import build_table
+        build_table(settings, args.table, args.selected, args.out)
+    elif args.command == "figure":
+        from .figures import draw_figure
+        draw_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)
+    elif args.command == "paper":
+        from .report import build_paper
+        build_paper(settings, args.outdir, args.out)
+
+
+if __name__ == "__main__":
+    main()

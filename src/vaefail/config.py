@@ -1,0 +1,123 @@
+"""Resolve, validate and fingerprint the workflow configuration.
+
+config.yaml holds `scale`, `device`, `outdir`, and `presets`; a setting given at the top
+level (in the file or with `snakemake --config KEY=VALUE`) overrides the chosen preset.
+The resolved settings are validated against workflow/schemas/config.schema.yaml and
+then checked for constraints a schema cannot express.  Errors name the key, the value,
+what is allowed, and how to fix it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RUN_KEYS = ("scale", "device", "outdir", "presets")   # not settings: they do not change results
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
+        return (f"unknown config key(s) {', '.join(map(repr, extra))} in {where}; "
+                f"allowed keys: {allowed}")
+    allowed = []
+    for key in ("enum", "type", "minimum", "maximum", "exclusiveMinimum", "minItems"):
+        if key in schema:
+            allowed.append(f"{key} {schema[key]}")
+    hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+    return f"config key {where!r} = {error.instance!r}: {error.message}{hint}"
+
+
+def validate(config: dict) -> None:
+    """Validate a raw config (as Snakemake holds it) against the JSON schema."""
+    validator = jsonschema.Draft7Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n  ".join(_describe(e) for e in errors)
+        raise ConfigError(f"invalid configuration:\n  {lines}\n"
+                          "Fix config.yaml or the --config override that sets it.")
+
+
+def resolve(config: dict) -> dict:
+    """Validated settings of the chosen scale, with top-level overrides applied."""
+    validate(config)
+    scale = config["scale"]
+    settings = dict(config["presets"][scale])
+    settings.update({k: v for k, v in config.items() if k not in RUN_KEYS})
+    required = load_schema()["definitions"]["settings"]["properties"]
+    missing = sorted(set(required) - set(settings))
+    if missing:
+        raise ConfigError(f"preset {scale!r} leaves these settings unset: {', '.join(missing)}; "
+                          "add them to the preset or the top level of config.yaml")
+    _check_constraints(settings)
+    return settings
+
+
+def _check_constraints(s: dict) -> None:
+    if s["restarts_random"] + s["restarts_gt"] < 1:
+        raise ConfigError(f"restarts_random + restarts_gt = {s['restarts_random']} + {s['restarts_gt']}: "
+                          "at least one restart is needed")
+    if s["n_train"] % s["batch_size"]:
+        raise ConfigError(f"n_train = {s['n_train']} is not a multiple of batch_size = {s['batch_size']}; "
+                          "choose n_train so that every epoch has whole minibatches")
+    for key in ("n_valid", "n_test"):
+        if s["knn_k"] > 2 * s[key] - 2:
+            raise ConfigError(f"knn_k = {s['knn_k']} is too large for {key} = {s[key]} "
+                              f"(at most {2 * s[key] - 2})")
+        if s["mi_neighbours"] >= s[key]:
+            raise ConfigError(f"mi_neighbours = {s['mi_neighbours']} must be below {key} = {s[key]}")
+
+
+def settings_hash(settings: dict) -> str:
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def output_dir(config: dict) -> str:
+    return config.get("outdir") or f"results/{config['scale']}"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when an NVIDIA GPU is visible, else 'cpu' (without importing torch)."""
+    if device != "auto":
+        return device
+    import glob
+    import shutil
+    return "cuda" if glob.glob("/dev/nvidia[0-9]*") or shutil.which("nvidia-smi") else "cpu"
+
+
+def check_output_dir(settings: dict, outdir: str | Path) -> None:
+    """Refuse to mix results of different settings in one folder.
+
+    The first run records its settings in <outdir>/settings.json; a later run whose
+    settings differ would overwrite those results, so it stops and names what changed.
+    """
+    record = Path(outdir) / "settings.json"
+    if not record.exists():
+        return
+    with open(record) as fh:
+        previous = json.load(fh)["settings"]
+    if previous == settings:
+        return
+    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+    raise ConfigError(f"{outdir} holds results of different settings ({details}). To keep them, "
+                      f"send this run elsewhere with --config outdir=<new folder>; to replace them, "
+                      f"delete {outdir} first.")

@@ -1,0 +1,286 @@
+"""One function per workflow job: surrogate, data, GT encoders, training.
+
+Each reads its inputs, does one step of the pipeline and writes its outputs atomically
+(a temporary file renamed into place), so an interrupted job never leaves a
+half-written result that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import grid
+from .config import settings_hash
+from .datasets import EMBEDDING, example, sample_split
+from .evaluate import evaluate_members, mean_bound
+from .model import VAEEnsemble
+from .nets import FlatParameters, StackedMLP, uniform_init
+from .provenance import provenance
+from .surrogate import fit_surrogate
+from .train import LinSettings, MemberRandomness, TrainSettings, derive_seed, train_ensemble
+
+log = logging.getLogger("vaefail.jobs")
+
+# Rows per batched matmul on CPU: beyond ~20k the working set leaves the cache and IWAE
+# with many samples slows down (shared/notes/measured-facts.md), so large ensembles are
+# trained in chunks of members one after another.  GPUs take whole ensembles.
+CPU_ROWS_PER_CHUNK = 20_000
+RANDOM_INIT_SIGMA2 = 1.0   # learned sigma^2 of randomly initialised restarts starts here
+
+
+# --- file helpers ----------------------------------------------------------------------
+def write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def save_torch(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_npz(path: str | Path, arrays: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_settings(path: str | Path) -> dict:
+    with open(path) as fh:
+        return json.load(fh)["settings"]
+
+
+def write_settings(settings: dict, path: str | Path) -> None:
+    write_json(path, {"settings": settings, "settings_hash": settings_hash(settings)})
+
+
+def torch_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no GPU "
+                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+                           "install a CUDA build of torch or run with --config device=cpu")
+    return torch.device("cuda" if device == "cuda" else "cpu")
+
+
+# --- surrogate ground-truth decoders -----------------------------------------------------
+def make_surrogate(settings: dict, base: str, out_pt: str) -> None:
+    ex = example(base)
+    net, params, record = fit_surrogate(
+        ex, settings["hidden_layers"], derive_seed(settings["seed"], "surrogate", base),
+        settings["surrogate_adam_steps"], 1024, 3e-3, settings["surrogate_lbfgs_iterations"],
+        settings["surrogate_grid_points"], settings["surrogate_target_mse"])
+    record["provenance"] = provenance(settings, "cpu")
+    save_torch(out_pt, {"sizes": net.sizes, "flat": params.flat[0].clone(), "record": record})
+    write_json(Path(out_pt).with_suffix(".json"), record)
+
+
+class GroundTruthDecoder:
+    """The fitted surrogate as a function z (..., 1) -> x-mean (..., D), embedded if needed."""
+
+    def __init__(self, path: str | Path, embedded: bool = False):
+        state = torch.load(path, weights_only=True)
+        self.net = StackedMLP(state["sizes"], "dec.")
+        self.params = FlatParameters(self.net.shapes(), 1, dtype=torch.float64)
+        with torch.no_grad():
+            self.params.flat[0].copy_(state["flat"])
+        self.params.set_requires_grad(False)
+        self.embedded = embedded
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        with torch.no_grad():
+            out = self.net(self.params, z.reshape(1, -1, 1).to(torch.float64)).reshape(*lead, 2)
+        return out @ EMBEDDING if self.embedded else out
+
+    def decoder_weights(self) -> dict[str, torch.Tensor]:
+        """Parameters for a VAE decoder of the same architecture (last layer embedded)."""
+        weights = {name: view[0].clone() for name, view in self.params.views.items()}
+        if self.embedded:
+            last = len(self.net.sizes) - 2
+            weights[f"dec.W{last}"] = weights[f"dec.W{last}"] @ EMBEDDING
+            weights[f"dec.b{last}"] = weights[f"dec.b{last}"] @ EMBEDDING
+        return weights
+
+
+def make_dataset(settings: dict, dataset: str, surrogate_pt: str, out_paths: list[str]) -> None:
+    ex = example(dataset)
+    decoder = GroundTruthDecoder(surrogate_pt)
+    sizes = {"train": settings["n_train"], "valid": settings["n_valid"], "test": settings["n_test"]}
+    for version, path in enumerate(out_paths):
+        split = sample_split(decoder, ex, sizes, derive_seed(settings["seed"], "data", dataset, version))
+        save_npz(path, split)
+
+
+def load_versions(paths: list[str], split: str, dtype, device) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.load(p)[f"x_{split}"]) for p in paths]).to(dtype).to(device)
+
+
+# --- building ensembles ------------------------------------------------------------------
+def _copy_rows(params: FlatParameters, rows: list[int], weights: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name][rows] = value.to(params.flat.dtype).to(params.flat.device)
+
+
+def build_ensemble(settings: dict, ex, latent_dim: int, sigma2_mode: str, rngs, inits: list[str],
+                   gt_decoder: GroundTruthDecoder | None, gt_encoders: list[dict] | None,
+                   versions: list[int], device) -> VAEEnsemble:
+    """Random init for every member (from its own generator), then ground-truth weights for
+    GT members: the surrogate decoder and the encoder fitted to it for that data version."""
+    model = VAEEnsemble(ex.data_dim, latent_dim, settings["hidden_layers"], len(rngs), sigma2_mode,
+                        device=device)
+    uniform_init(model.encoder, model.encoder_net.init_bounds(model.encoder), [r.init for r in rngs])
+    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
+    truth = torch.full((model.M, 1, ex.data_dim), ex.noise_variance)
+    if sigma2_mode == "learned":
+        truth = torch.where(torch.tensor([i == "gt" for i in inits]).view(-1, 1, 1), truth,
+                            torch.full_like(truth, RANDOM_INIT_SIGMA2))
+    model.set_sigma2(truth)
+    gt_rows = [m for m, init in enumerate(inits) if init == "gt"]
+    if gt_rows:
+        _copy_rows(model.decoder, gt_rows, gt_decoder.decoder_weights())
+        for m in gt_rows:
+            _copy_rows(model.encoder, [m], gt_encoders[versions[m]])
+    return model
+
+
+def member_state(model: VAEEnsemble, m: int) -> dict:
+    return {"encoder": model.encoder.flat[m].detach().cpu().clone(),
+            "decoder": model.decoder.flat[m].detach().cpu().clone(),
+            "log_sigma2": model.log_sigma2[m].detach().cpu().clone(),
+            "data_dim": model.D, "latent_dim": model.K, "hidden": model.hidden,
+            "sigma2_mode": model.sigma2_mode}
+
+
+def load_member(path: str | Path, device="cpu", dtype=torch.float64) -> VAEEnsemble:
+    """A saved restart as a one-member ensemble."""
+    state = torch.load(path, weights_only=True)
+    model = VAEEnsemble(state["data_dim"], state["latent_dim"], state["hidden"], 1,
+                        state["sigma2_mode"], dtype=dtype, device=device)
+    with torch.no_grad():
+        model.encoder.flat[0].copy_(state["encoder"])
+        model.decoder.flat[0].copy_(state["decoder"])
+    model.set_sigma2(state["log_sigma2"].exp())
+    model.encoder.set_requires_grad(False)
+    model.decoder.set_requires_grad(False)
+    return model
+
+
+def _chunks(n_members: int, rows_per_member: int, device) -> list[range]:
+    size = n_members if device.type == "cuda" else max(1, CPU_ROWS_PER_CHUNK // rows_per_member)
+    return [range(s, min(s + size, n_members)) for s in range(0, n_members, size)]
+
+
+# --- GT encoders -------------------------------------------------------------------------
+def fit_gt_encoders(settings: dict, dataset: str, surrogate_pt: str, data_paths: list[str],
+                    out_paths: list[str], device: str = "cpu") -> None:
+    """Appendix J: the encoder phi_GT maximises the ELBO with the decoder frozen at the
+    ground truth and sigma^2 at its true value; the best of `gt_encoder_restarts` random
+    restarts (by validation ELBO) is kept for each data version."""
+    dev = torch_device(device)
+    ex = example(dataset)
+    decoder = GroundTruthDecoder(surrogate_pt, ex.embedded)
+    n_restarts = settings["gt_encoder_restarts"]
+    V = len(data_paths)
+    versions = [v for v in range(V) for _ in range(n_restarts)]
+    rngs = [MemberRandomness(derive_seed(settings["seed"], "gt-encoder", dataset, v, j))
+            for v in range(V) for j in range(n_restarts)]
+    model = build_ensemble(settings, ex, 1, "fixed", rngs, ["random"] * len(rngs), None, None,
+                           versions, dev)
+    _copy_rows(model.decoder, list(range(model.M)), decoder.decoder_weights())
+    version_index = torch.tensor(versions)
+    train_x = load_versions(data_paths, "train", torch.float32, dev)
+    valid_x = load_versions(data_paths, "valid", torch.float32, dev)
+    train_log = train_ensemble(model, train_x, valid_x, version_index, rngs, TrainSettings(
+        objective="elbo", samples=1, epochs=settings["gt_encoder_epochs"],
+        batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], train_decoder=False))
+    member_valid = valid_x[version_index.to(dev)]
+    valid_elbo = mean_bound(model, member_valid, rngs, "elbo", settings["eval_samples"], 1)
+    valid_elbo[train_log.failed] = -math.inf
+    for v, path in enumerate(out_paths):
+        rows = [m for m in range(model.M) if versions[m] == v]
+        best = max(rows, key=lambda m: float(valid_elbo[m]))
+        weights = {name: view[best].detach().cpu().clone() for name, view in model.encoder.views.items()}
+        record = {"dataset": dataset, "version": v, "chosen_restart": rows.index(best),
+                  "valid_elbo": [float(valid_elbo[m]) for m in rows],
+                  "provenance": provenance(settings, device)}
+        save_torch(path, {"encoder": weights, "record": record})
+        write_json(Path(path).with_suffix(".json"), record)
+
+
+# --- training jobs -----------------------------------------------------------------------
+def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str,
+              data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str],
+              device: str = "cpu") -> None:
+    """Train every restart of every data version of one setting, batched, and write one
+    result file (metrics) and one weights file per restart."""
+    dev = torch_device(device)
+    setting = grid.find_setting(settings, experiment, setting_id)
+    ex = example(dataset)
+    R = grid.n_restarts(settings)
+    members = [(v, r) for v in range(len(data_paths)) for r in range(R)]
+    if len(out_stems) != len(members):
+        raise ValueError(f"{len(out_stems)} output stems for {len(members)} restarts")
+    inits = [grid.restart_init(settings, setting, r) for _, r in members]
+    gt_decoder = GroundTruthDecoder(surrogate_pt, ex.embedded) if "gt" in inits else None
+    gt_encoders = ([torch.load(p, weights_only=True)["encoder"] for p in gt_encoder_paths]
+                   if "gt" in inits else None)
+    data = {split: load_versions(data_paths, split, torch.float32, dev)
+            for split in ("train", "valid", "test")}
+    train_settings = TrainSettings(
+        objective=setting.objective, samples=setting.samples, epochs=settings["epochs"],
+        batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
+        lin=(LinSettings(setting.lin_threshold, setting.lin_inner_steps, settings["lin_mi_patience"])
+             if setting.method == "lin" else None))
+    prov = provenance(settings, device)
+    chunks = _chunks(len(members), settings["batch_size"] * setting.samples, dev)
+    for c, chunk in enumerate(chunks):
+        log.info("%s/%s/%s: training members %d-%d of %d (chunk %d/%d)", experiment, dataset, setting_id,
+                 chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
+        seeds = [derive_seed(settings["seed"], experiment, dataset, setting_id, *members[i]) for i in chunk]
+        rngs = [MemberRandomness(s) for s in seeds]
+        versions = [members[i][0] for i in chunk]
+        model = build_ensemble(settings, ex, setting.latent_dim, setting.sigma2_mode, rngs,
+                               [inits[i] for i in chunk], gt_decoder, gt_encoders, versions, dev)
+        version_index = torch.tensor(versions)
+        train_log = train_ensemble(model, data["train"], data["valid"], version_index, rngs, train_settings)
+        member_data = {split: x[version_index.to(dev)] for split, x in data.items()}
+        results = evaluate_members(model, member_data, rngs, objective=setting.objective,
+                                   samples=setting.samples, settings=settings, failed=train_log.failed)
+        for j, i in enumerate(chunk):
+            version, restart = members[i]
+            record = {
+                "experiment": experiment, "dataset": dataset, "setting": setting_id,
+                "method": setting.method, "latent_dim": setting.latent_dim, "samples": setting.samples,
+                "lin_threshold": setting.lin_threshold, "lin_inner_steps": setting.lin_inner_steps,
+                "sigma2_mode": setting.sigma2_mode, "version": version, "restart": restart,
+                "init": inits[i], "seed": seeds[j],
+                "train": {"epochs": settings["epochs"], "final_loss": float(train_log.final_loss[j]),
+                          "failed_epoch": int(train_log.failed_epoch[j]),
+                          "lin_aggressive_epochs": int(train_log.aggressive_epochs[j]),
+                          "lin_inner_steps_taken": int(train_log.inner_steps[j]),
+                          "ensemble_size": len(chunk),
+                          "ensemble_seconds": round(train_log.seconds, 2)},
+                **results[j],
+                "provenance": prov,
+            }
+            if record["status"] != "ok":
+                log.warning("%s: member failed (%s)", out_stems[i], record.get("reason", "non-finite loss"))
+            save_torch(out_stems[i] + ".pt", member_state(model, j))
+            write_json(out_stems[i] + ".json", record)

@@ -1,0 +1,74 @@
+"""Choose, as the paper does, the best restart and then each method's hyperparameters.
+
+1. For each (data set, setting, version), keep the restart with the best value of the
+   method's own objective on the validation set (appendix J: "the restart that yields
+   the lowest value of the objective function").
+2. For each (data set, method, latent dimension), choose the setting whose kept
+   restarts have the smallest mean validation smooth-kNN statistic over versions
+   (appendix J, `selection: knn`), or the best mean validation objective
+   (Table 1's caption, `selection: validation_loss`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import grid
+
+IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
+            "lin_inner_steps", "sigma2_mode", "version", "restart", "init", "seed", "status"]
+
+
+def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFrame:
+    """One row per restart of the experiment's grid; vector metrics are split per dimension."""
+    rows = []
+    for stem in grid.experiment_run_stems(settings, experiment):
+        with open(Path(outdir) / f"{stem}.json") as fh:
+            record = json.load(fh)
+        row = {k: record.get(k) for k in IDENTITY}
+        for key, value in record.items():
+            if key in IDENTITY or key in ("train", "provenance"):
+                continue
+            if isinstance(value, list):
+                for d, v in enumerate(value):
+                    row[f"{key}_{d}"] = v
+                row[f"{key}_mean"] = float(np.mean(value))
+            else:
+                row[key] = value
+        row["lin_aggressive_epochs"] = record["train"]["lin_aggressive_epochs"]
+        row["settings_hash"] = record["provenance"]["settings_hash"]
+        row["git_commit"] = record["provenance"]["git_commit"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_restarts(runs: pd.DataFrame) -> pd.DataFrame:
+    ok = runs[runs["status"] == "ok"]
+    keys = ["dataset", "setting", "version"]
+    best = ok.loc[ok.groupby(keys)["objective_valid"].idxmax()]
+    return best.sort_values(keys).reset_index(drop=True)
+
+
+def select_settings(best: pd.DataFrame, selection: str) -> pd.DataFrame:
+    """The rows of `best` that belong to each (dataset, method, latent_dim)'s chosen setting."""
+    column, pick = ("knn_valid", "idxmin") if selection == "knn" else ("objective_valid", "idxmax")
+    score = best.groupby(["dataset", "method", "latent_dim", "setting"])[column].mean().reset_index()
+    chosen = score.loc[getattr(score.groupby(["dataset", "method", "latent_dim"])[column], pick)()]
+    selected = best.merge(chosen[["dataset", "setting"]], on=["dataset", "setting"])
+    selected["selection"] = selection
+    return selected.sort_values(["dataset", "method", "latent_dim", "version"]).reset_index(drop=True)
+
+
+def select_experiment(settings: dict, experiment: str, outdir: str, out: str, out_all: str) -> None:
+    runs = load_runs(settings, experiment, outdir)
+    runs["kept_restart"] = False
+    best = best_restarts(runs)
+    runs.loc[runs.set_index(["dataset", "setting", "version", "restart"]).index.isin(
+        best.set_index(["dataset", "setting", "version", "restart"]).index), "kept_restart"] = True
+    selected = select_settings(best, settings["selection"])
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out_all, index=False)
+    selected.to_csv(out, index=False)

@@ -1,0 +1,89 @@
+# Configuration, grid and paths shared by all rules.  The grid and the path patterns
+# live in the package (vaefail.grid) so that the workflow and the code agree.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from snakemake.exceptions import WorkflowError
+from vaefail import config as vconfig
+from vaefail import grid
+
+try:
+    SETTINGS = vconfig.resolve(config)
+    OUT = vconfig.output_dir(config)
+    vconfig.check_output_dir(SETTINGS, OUT)
+except vconfig.ConfigError as error:
+    raise WorkflowError(str(error))
+
+DEVICE = vconfig.resolve_device(config.get("device", "auto"))
+GPU = 1 if DEVICE == "cuda" else 0
+REDRAW = bool(config.get("redraw", False))
+VERSIONS = range(SETTINGS["versions"])
+SETTINGS_JSON = f"{OUT}/settings.json"
+
+
+wildcard_constraints:
+    experiment="|".join(grid.EXPERIMENTS),
+    dataset="[a-z0-9-]+",
+    base="[a-z0-9-]+",
+    setting="[A-Za-z0-9.-]+",
+    method="|".join(grid.METHODS),
+
+
+def out(path):
+    return f"{OUT}/{path}"
+
+
+def surrogate_of(wildcards):
+    return out(grid.surrogate_path(wildcards.dataset.removesuffix("-5d")))
+
+
+def data_of(wildcards):
+    return [out(grid.data_path(wildcards.dataset, v)) for v in VERSIONS]
+
+
+def gt_encoders_of(wildcards):
+    setting = grid.find_setting(SETTINGS, wildcards.experiment, wildcards.setting)
+    uses_gt = any(grid.restart_init(SETTINGS, setting, r) == "gt"
+                  for r in range(grid.n_restarts(SETTINGS)))
+    return [out(grid.gt_encoder_path(wildcards.dataset, v)) for v in VERSIONS] if uses_gt else []
+
+
+def run_files(experiment, suffix=".json"):
+    return [out(stem + suffix) for stem in grid.experiment_run_stems(SETTINGS, experiment)]
+
+
+def panel_runs(wildcards):
+    """Weights of every restart of one (data set, method) of the unsupervised experiment."""
+    return [out(stem + ".pt")
+            for setting in grid.experiment_settings(SETTINGS, "unsupervised")
+            if setting.method == wildcards.method
+            for stem in grid.job_run_stems(SETTINGS, "unsupervised", wildcards.dataset, setting.id)]
+
+
+FIGURE_PANELS = [
+    out(f"figures/panels/{dataset}-{method}.pdf")
+    for dataset in SETTINGS["unsupervised_datasets"]
+    for method in grid.METHODS
+]
+LATENT_FIGURES = [
+    out(f"figures/latent/{dataset}.pdf") for dataset in grid.experiment_datasets(SETTINGS, "latent")
+]
+TABLES = [out(f"tables/{name}.csv") for name in ("table1", "table2", "theorem2")]
+PAPER_TARGETS = [out("paper.pdf"), *TABLES, out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES]
+
+if REDRAW:
+    # Redraw tables, figures and the report from saved results, training nothing.
+    needed = [SETTINGS_JSON, *(out(grid.surrogate_path(b)) for b in grid.base_datasets(SETTINGS))]
+    needed += [out(grid.data_path(d, v)) for d in grid.all_datasets(SETTINGS) for v in VERSIONS]
+    for experiment in grid.EXPERIMENTS:
+        needed += run_files(experiment, ".json") + run_files(experiment, ".pt")
+    missing = [p for p in needed if not Path(p).exists()]
+    if missing:
+        shown = "\n  ".join(missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise WorkflowError(
+            f"redraw needs saved results, but {len(missing)} of {len(needed)} files are missing "
+            f"under {OUT}:\n  {shown}{more}\nRun the workflow without redraw=true to produce them."
+        )

@@ -1,0 +1,61 @@
+# The settings record, ground-truth decoders, data sets and ground-truth encoders.
+
+
+localrules:
+    settings,
+
+
+rule settings:
+    output:
+        SETTINGS_JSON,
+    params:
+        settings=SETTINGS,
+    run:
+        from vaefail.jobs import write_settings
+
+        write_settings(params.settings, output[0])
+
+
+rule surrogate:
+    input:
+        SETTINGS_JSON,
+    output:
+        pt=out("surrogates/{base}.pt"),
+        record=out("surrogates/{base}.json"),
+    log:
+        out("logs/surrogate/{base}.log"),
+    threads: 1
+    shell:
+        "python -m vaefail surrogate --settings {input} --base {wildcards.base} "
+        "--out {output.pt} > {log} 2>&1"
+
+
+rule dataset:
+    input:
+        settings=SETTINGS_JSON,
+        surrogate=surrogate_of,
+    output:
+        [out(grid.data_path("{dataset}", v)) for v in VERSIONS],
+    log:
+        out("logs/dataset/{dataset}.log"),
+    shell:
+        "python -m vaefail dataset --settings {input.settings} --dataset {wildcards.dataset} "
+        "--surrogate {input.surrogate} --out {output} > {log} 2>&1"
+
+
+rule gt_encoders:
+    input:
+        settings=SETTINGS_JSON,
+        surrogate=surrogate_of,
+        data=data_of,
+    output:
+        [out(grid.gt_encoder_path("{dataset}", v)) for v in VERSIONS],
+    log:
+        out("logs/gt_encoders/{dataset}.log"),
+    threads: 1
+    resources:
+        gpu=GPU,
+    shell:
+        "python -m vaefail gt-encoders --settings {input.settings} --dataset {wildcards.dataset} "
+        "--surrogate {input.surrogate} --data {input.data} --out {output} "
+        "--device {DEVICE} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,23 @@
+# Tables 1-2 and the Theorem 2 numbers, each as a tidy CSV and a booktabs .tex.
+
+TABLE_INPUTS = {
+    "table1": ["unsupervised"],
+    "table2": ["latent"],
+    "theorem2": ["unsupervised", "noise"],
+}
+
+
+rule table:
+    input:
+        settings=SETTINGS_JSON,
+        selected=lambda w: [out(f"selected/{e}.csv") for e in TABLE_INPUTS[w.table]],
+    output:
+        csv=out("tables/{table}.csv"),
+        tex=out("tables/{table}.tex"),
+    wildcard_constraints:
+        table="|".join(TABLE_INPUTS),
+    log:
+        out("logs/tables/{table}.log"),
+    shell:
+        "python -m vaefail table --settings {input.settings} --table {wildcards.table} "
+        "--selected {input.selected} --out {output.csv} > {log} 2>&1"
