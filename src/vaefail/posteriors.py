@@ -1,0 +1,328 @@
+"""Exact posteriors p(z|x) on a grid, and encoder densities q(z|x), for low-dimensional latents.
+
+For the decoders of this package, x | z ~ N(f(z), diag(sigma^2)) and z ~ N(0, I_K).  With K <= 3
+the posterior
+
+    p(z | x) = p(x | z) N(z; 0, I) / p(x)
+
+can be evaluated on a tensor grid of z and normalised numerically (trapezoid rule), which is
+exact up to the grid's resolution and extent.  Everything is float64 torch; inputs may be numpy
+arrays or tensors.  Memory is bounded by working on chunks of x: the log-likelihood of a chunk
+is a (chunk, n_grid) matrix obtained by one matrix product, never a (chunk, n_grid, D) tensor.
+
+Conventions
+- A *decoder* is a function z (..., K) -> f(z) (..., D).
+- A *log-likelihood function* `log_lik_fn(x, z)` maps x (n, D) and grid points z (G, K) to the
+  (n, G) matrix log p(x_n | z_g).  `decoder_log_likelihood` builds one from a decoder and a
+  per-dimension sigma^2; `model_log_likelihood` and `ground_truth_log_likelihood` build it for a
+  learned one-member VAEEnsemble and for the ground-truth surrogate decoder.
+- Densities are returned on the grid with shape (n_x, G_1, ..., G_K) and integrate to 1 under
+  the trapezoid rule (`trapezoid_weights`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+LOG_2PI = math.log(2 * math.pi)
+DTYPE = torch.float64
+DEFAULT_CHUNK_ELEMENTS = 4_000_000   # entries of the (chunk, G) working matrices (32 MB each)
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+LogLikFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _t(a) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=DTYPE)
+
+
+# --- grids ------------------------------------------------------------------------------
+def uniform_grid(low: float = -5.0, high: float = 5.0, n: int = 2001) -> torch.Tensor:
+    """A uniform 1-D grid (n,) on [low, high], float64."""
+    return torch.linspace(low, high, n, dtype=DTYPE)
+
+
+def trapezoid_weights(grid_1d) -> torch.Tensor:
+    """Trapezoid-rule weights w with sum_g w_g h(z_g) ~ integral of h over the (sorted) grid."""
+    g = _t(grid_1d).reshape(-1)
+    if g.numel() < 2:
+        raise ValueError("a grid needs at least two points")
+    d = g[1:] - g[:-1]
+    if (d <= 0).any():
+        raise ValueError("grid points must be strictly increasing")
+    w = torch.zeros_like(g)
+    w[:-1] += d / 2
+    w[1:] += d / 2
+    return w
+
+
+def _axes(grid, latent_dim: int) -> list[torch.Tensor]:
+    """One 1-D grid shared by all K axes, or a sequence of K 1-D grids."""
+    if isinstance(grid, (list, tuple)):
+        axes = [_t(g).reshape(-1) for g in grid]
+        if len(axes) != latent_dim:
+            raise ValueError(f"{len(axes)} grids for latent dimension {latent_dim}")
+        return axes
+    return [_t(grid).reshape(-1)] * latent_dim
+
+
+def tensor_grid(grid, latent_dim: int) -> torch.Tensor:
+    """All points of the tensor grid, (G_1 * ... * G_K, K), in C order ('ij' indexing)."""
+    axes = _axes(grid, latent_dim)
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], -1)
+
+
+def _log_weights(axes: list[torch.Tensor]) -> torch.Tensor:
+    """log of the product trapezoid weights, flattened like `tensor_grid`."""
+    log_w = torch.zeros((), dtype=DTYPE)
+    for a in axes:
+        log_w = (log_w.unsqueeze(-1) + trapezoid_weights(a).log())
+    return log_w.reshape(-1)
+
+
+def _chunk_size(n_grid: int, chunk: int | None) -> int:
+    return chunk if chunk else max(1, DEFAULT_CHUNK_ELEMENTS // max(n_grid, 1))
+
+
+# --- log-likelihoods --------------------------------------------------------------------
+def gaussian_log_likelihood_matrix(x, mean, sigma2) -> torch.Tensor:
+    """log N(x_n; mean_g, diag(sigma2)) for all pairs: x (n, D), mean (G, D) -> (n, G).
+
+    Uses sum_d (x_d - m_d)^2 / s_d = |x/s|^2-type terms plus one matrix product, so the memory
+    is O(n G) rather than O(n G D).
+    """
+    x, mean = _t(x), _t(mean)
+    sigma2 = _t(sigma2).reshape(-1).expand(x.shape[-1])
+    prec = 1.0 / sigma2
+    xx = (x * x * prec).sum(-1, keepdim=True)                 # (n, 1)
+    mm = (mean * mean * prec).sum(-1).unsqueeze(0)            # (1, G)
+    cross = (x * prec) @ mean.T                               # (n, G)
+    sq = (xx + mm - 2 * cross).clamp_min(0.0)
+    return -0.5 * (sigma2.numel() * LOG_2PI + sigma2.log().sum() + sq)
+
+
+def decoder_log_likelihood(f: Decoder, sigma2) -> LogLikFn:
+    """log p(x | z) for x | z ~ N(f(z), diag(sigma2)); sigma2 a scalar or per-dimension (D,).
+
+    The returned function caches f on the last grid it saw, so calling it chunk by chunk of x
+    on one grid decodes the grid once.
+    """
+    cache: dict = {}
+
+    def log_lik_fn(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        z = _t(z)
+        if z.dim() == 1:
+            z = z.unsqueeze(-1)
+        key = (z.data_ptr(), tuple(z.shape), z._version)
+        if cache.get("key") != key:
+            with torch.no_grad():
+                cache["mean"] = _t(f(z))
+            cache["key"], cache["z"] = key, z   # keep z alive so its address is not reused
+        return gaussian_log_likelihood_matrix(_t(x), cache["mean"], sigma2)
+
+    return log_lik_fn
+
+
+def model_decoder(model, member: int = 0) -> Decoder:
+    """The decoder f_theta of one member of a VAEEnsemble as z (..., K) -> (..., D), float64."""
+    def f(z: torch.Tensor) -> torch.Tensor:
+        z = _t(z).to(model.decoder.flat.dtype)
+        lead = z.shape[:-1]
+        zz = z.reshape(1, -1, model.K).expand(model.M, -1, -1)
+        with torch.no_grad():
+            out = model.decode(zz)[member]
+        return out.reshape(*lead, model.D).to(DTYPE)
+    return f
+
+
+def model_sigma2(model, member: int = 0) -> torch.Tensor:
+    """The member's (learned or fixed) per-dimension observation variance, (D,)."""
+    with torch.no_grad():
+        return model.log_sigma2[member].reshape(-1).to(DTYPE).exp()
+
+
+def model_log_likelihood(model, member: int = 0) -> LogLikFn:
+    """log p_theta(x | z) of a learned model with its own sigma^2."""
+    return decoder_log_likelihood(model_decoder(model, member), model_sigma2(model, member))
+
+
+def ground_truth_log_likelihood(gt_decoder: Decoder, noise_variance: float) -> LogLikFn:
+    """log p(x | z) under the ground-truth (surrogate) decoder with the true sigma^2."""
+    return decoder_log_likelihood(gt_decoder, noise_variance)
+
+
+def model_encoder(model, x, member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z|x) = N(mu, diag(exp(log_var))) of one member for x (n, D): (mu, log_var), each (n, K)."""
+    x = _t(x).to(model.encoder.flat.dtype)
+    with torch.no_grad():
+        mu, log_var = model.encode(x.unsqueeze(0).expand(model.M, -1, -1))
+    return mu[member].to(DTYPE), log_var[member].to(DTYPE)
+
+
+# --- exact posteriors -------------------------------------------------------------------
+def _normalised_posterior(log_lik_fn: LogLikFn, x, points: torch.Tensor, log_w: torch.Tensor,
+                          chunk: int | None) -> torch.Tensor:
+    x = _t(x)
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    log_prior = -0.5 * (points.shape[-1] * LOG_2PI + (points ** 2).sum(-1))   # (G,)
+    out = torch.empty(x.shape[0], points.shape[0], dtype=DTYPE)
+    size = _chunk_size(points.shape[0], chunk)
+    for s in range(0, x.shape[0], size):
+        log_joint = log_lik_fn(x[s:s + size], points) + log_prior
+        log_evidence = torch.logsumexp(log_joint + log_w, dim=-1, keepdim=True)
+        out[s:s + size] = (log_joint - log_evidence).exp()
+    return out
+
+
+def exact_posterior_1d(log_lik_fn: LogLikFn, x, z_grid=None, chunk: int | None = None) -> torch.Tensor:
+    """p(z | x) proportional to p(x | z) N(z; 0, 1) for a 1-D latent on a grid.
+
+    log_lik_fn(x, z) -> (n, G) gives log p(x_n | z_g) for x (n, D) and z (G, 1).
+    Returns (n_x, G) densities, each integrating to 1 under the trapezoid rule on z_grid
+    (default: 2001 points on [-5, 5]).
+    """
+    z_grid = uniform_grid() if z_grid is None else _t(z_grid).reshape(-1)
+    return _normalised_posterior(log_lik_fn, x, z_grid.unsqueeze(-1), trapezoid_weights(z_grid).log(), chunk)
+
+
+def exact_posterior_grid(decoder: Decoder, log_sigma2, x, grid_1d, latent_dim: int,
+                         chunk: int | None = None) -> torch.Tensor:
+    """p(z | x) for a K-dimensional latent (K = 1, 2 or 3) on a tensor grid.
+
+    decoder: z (..., K) -> f(z) (..., D); log_sigma2: scalar or (D,) log observation variance;
+    grid_1d: one 1-D grid used on every axis, or a sequence of K 1-D grids.
+    Returns the joint normalised density, (n_x, G_1, ..., G_K), integrating to 1 under the
+    product trapezoid rule.
+    """
+    axes = _axes(grid_1d, latent_dim)
+    points = tensor_grid(axes, latent_dim)
+    log_lik_fn = decoder_log_likelihood(decoder, _t(log_sigma2).exp())
+    dens = _normalised_posterior(log_lik_fn, x, points, _log_weights(axes), chunk)
+    return dens.reshape(dens.shape[0], *[a.numel() for a in axes])
+
+
+def marginalise(density, grid_1d, axis: int) -> torch.Tensor:
+    """Integrate a gridded density over one latent axis (0-based, counting latent axes only;
+    the leading data axis is kept): (n, G_1, ..., G_K) -> one axis fewer."""
+    density = _t(density)
+    w = trapezoid_weights(grid_1d)
+    dim = axis + 1
+    shape = [1] * density.dim()
+    shape[dim] = -1
+    return (density * w.reshape(shape)).sum(dim)
+
+
+def marginal_12(density_3d, grid_1d) -> torch.Tensor:
+    """The (z1, z2) marginal of a K = 3 gridded posterior: (n, G1, G2, G3) -> (n, G1, G2).
+    grid_1d: the z3 grid, or the sequence of three axis grids."""
+    g3 = grid_1d[2] if isinstance(grid_1d, (list, tuple)) else grid_1d
+    return marginalise(density_3d, g3, axis=2)
+
+
+def integrate(density, grid) -> torch.Tensor:
+    """Trapezoid integral over all latent axes of (n, G_1, ..., G_K) densities -> (n,)."""
+    density = _t(density)
+    K = density.dim() - 1
+    axes = _axes(grid, K)
+    out = density
+    for k in reversed(range(K)):
+        out = marginalise(out, axes[k], axis=k)
+    return out
+
+
+# --- encoder densities ------------------------------------------------------------------
+def gaussian_density(mu, log_var, z_grid, chunk: int | None = None) -> torch.Tensor:
+    """q(z | x) = N(z; mu, diag(exp(log_var))) on grid points.
+
+    mu, log_var: (n, K) (or (n,) for K = 1); z_grid: (G,) for K = 1 or (G, K) points.
+    Returns (n, G).
+    """
+    mu, log_var = _t(mu), _t(log_var)
+    if mu.dim() == 1:
+        mu, log_var = mu.unsqueeze(-1), log_var.unsqueeze(-1)
+    z = _t(z_grid)
+    if z.dim() == 1:
+        z = z.unsqueeze(-1)
+    out = torch.empty(mu.shape[0], z.shape[0], dtype=DTYPE)
+    size = _chunk_size(z.shape[0] * mu.shape[-1], chunk)
+    for s in range(0, mu.shape[0], size):
+        m, lv = mu[s:s + size].unsqueeze(1), log_var[s:s + size].unsqueeze(1)   # (c, 1, K)
+        log_q = -0.5 * (LOG_2PI + lv + (z.unsqueeze(0) - m) ** 2 / lv.exp()).sum(-1)
+        out[s:s + size] = log_q.exp()
+    return out
+
+
+def aggregate_posterior(mu, log_var, z_grid, chunk: int | None = None) -> torch.Tensor:
+    """The aggregated posterior q(z) = (1/N) sum_n q(z | x_n) on grid points, (G,)."""
+    mu, log_var = _t(mu), _t(log_var)
+    if mu.dim() == 1:
+        mu, log_var = mu.unsqueeze(-1), log_var.unsqueeze(-1)
+    z = _t(z_grid)
+    size = _chunk_size(z.shape[0] * mu.shape[-1], chunk)
+    total = torch.zeros(z.shape[0], dtype=DTYPE)
+    for s in range(0, mu.shape[0], size):
+        total += gaussian_density(mu[s:s + size], log_var[s:s + size], z).sum(0)
+    return total / mu.shape[0]
+
+
+def standard_normal_density(z_grid) -> torch.Tensor:
+    """The prior N(z; 0, I) on grid points: (G,) for K = 1 input (G,), else (G, K) -> (G,)."""
+    z = _t(z_grid)
+    if z.dim() == 1:
+        z = z.unsqueeze(-1)
+    return (-0.5 * (z.shape[-1] * LOG_2PI + (z ** 2).sum(-1))).exp()
+
+
+# --- summaries of gridded 1-D posteriors -------------------------------------------------
+def significant_modes(density_1d, rel_height: float = 0.1) -> int:
+    """Number of local maxima of a 1-D gridded density that are at least rel_height * max
+    and separated from any higher maximum by a dip below half their own height."""
+    d = _t(density_1d).reshape(-1)
+    peak = float(d.max())
+    if peak <= 0:
+        return 0
+    interior = (d[1:-1] > d[:-2]) & (d[1:-1] >= d[2:])
+    idx = (torch.nonzero(interior).reshape(-1) + 1).tolist()
+    if d[0] > d[1]:
+        idx.insert(0, 0)
+    if d[-1] > d[-2]:
+        idx.append(d.numel() - 1)
+    count = 0
+    for i in idx:
+        h = float(d[i])
+        if h < rel_height * peak:
+            continue
+        # prominence-like test: walk to the nearest higher peak on each side
+        ok = True
+        for direction in (-1, 1):
+            j, low = i, h
+            while 0 <= j + direction < d.numel():
+                j += direction
+                low = min(low, float(d[j]))
+                if float(d[j]) > h:
+                    if low > 0.5 * h:
+                        ok = False
+                    break
+        count += ok
+    return count
+
+
+def second_mode_mass(density_1d, z_grid) -> float:
+    """Posterior mass outside the basin of the highest mode (the connected region around the
+    global maximum where the density is above 1% of its peak); 0 for a unimodal posterior."""
+    d = _t(density_1d).reshape(-1)
+    w = trapezoid_weights(z_grid)
+    i = int(d.argmax())
+    thresh = 0.01 * float(d[i])
+    lo = i
+    while lo > 0 and float(d[lo - 1]) > thresh:
+        lo -= 1
+    hi = i
+    while hi < d.numel() - 1 and float(d[hi + 1]) > thresh:
+        hi += 1
+    inside = float((d[lo:hi + 1] * w[lo:hi + 1]).sum())
+    return max(0.0, float((d * w).sum()) - inside)
