@@ -5,6 +5,7 @@ Each command calls one function of the package; the Snakemake rules call these.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -17,6 +18,11 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         c.add_argument("--settings", required=True, help="the run's settings.json")
         return c
+
+    c = sub.add_parser("settings", help="record the resolved settings of a run")
+    c.add_argument("--settings-json", required=True)
+    c.add_argument("--scale", required=True)
+    c.add_argument("--out", required=True)
 
     c = command("surrogate", "fit the ground-truth decoder network of a 2-D example")
     c.add_argument("--base", required=True)
@@ -74,11 +80,12 @@ def main(argv=None) -> None:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import torch
-    torch.set_flush_denormal(True)  # denormal Adam moments are slow on CPUs
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    from .runtime import configure_cpu
+    configure_cpu(getattr(args, "threads", None))
     from . import jobs
+    if args.command == "settings":
+        jobs.write_settings(json.loads(args.settings_json), args.out, args.scale)
+        return
     settings = jobs.load_settings(args.settings)
     if args.command == "surrogate":
         jobs.make_surrogate(settings, args.base, args.out)

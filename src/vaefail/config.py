@@ -17,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-RUN_KEYS = ("scale", "device", "outdir", "presets")   # not settings: they do not change results
+RUN_KEYS = ("scale", "device", "outdir", "redraw", "presets")   # not settings: they do not change results
 
 
 class ConfigError(ValueError):

@@ -66,8 +66,8 @@ def load_settings(path: str | Path) -> dict:
         return json.load(fh)["settings"]
 
 
-def write_settings(settings: dict, path: str | Path) -> None:
-    write_json(path, {"settings": settings, "settings_hash": settings_hash(settings)})
+def write_settings(settings: dict, path: str | Path, scale: str) -> None:
+    write_json(path, {"settings": settings, "settings_hash": settings_hash(settings), "scale": scale})
 
 
 def torch_device(device: str) -> torch.device:

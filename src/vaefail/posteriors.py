@@ -24,17 +24,21 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 LOG_2PI = math.log(2 * math.pi)
 DTYPE = torch.float64
 DEFAULT_CHUNK_ELEMENTS = 4_000_000   # entries of the (chunk, G) working matrices (32 MB each)
+DECODE_CHUNK = 65_536                # grid points decoded at once
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 LogLikFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _t(a) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach().to(device="cpu", dtype=DTYPE)
     return torch.as_tensor(a, dtype=DTYPE)
 
 
@@ -118,8 +122,9 @@ def decoder_log_likelihood(f: Decoder, sigma2) -> LogLikFn:
             z = z.unsqueeze(-1)
         key = (z.data_ptr(), tuple(z.shape), z._version)
         if cache.get("key") != key:
-            with torch.no_grad():
-                cache["mean"] = _t(f(z))
+            with torch.no_grad():   # decode in chunks: hidden activations stay small
+                cache["mean"] = torch.cat([_t(f(z[s:s + DECODE_CHUNK]))
+                                           for s in range(0, z.shape[0], DECODE_CHUNK)])
             cache["key"], cache["z"] = key, z   # keep z alive so its address is not reused
         return gaussian_log_likelihood_matrix(_t(x), cache["mean"], sigma2)
 
@@ -278,51 +283,37 @@ def standard_normal_density(z_grid) -> torch.Tensor:
 
 
 # --- summaries of gridded 1-D posteriors -------------------------------------------------
-def significant_modes(density_1d, rel_height: float = 0.1) -> int:
-    """Number of local maxima of a 1-D gridded density that are at least rel_height * max
-    and separated from any higher maximum by a dip below half their own height."""
-    d = _t(density_1d).reshape(-1)
-    peak = float(d.max())
-    if peak <= 0:
-        return 0
-    interior = (d[1:-1] > d[:-2]) & (d[1:-1] >= d[2:])
-    idx = (torch.nonzero(interior).reshape(-1) + 1).tolist()
-    if d[0] > d[1]:
-        idx.insert(0, 0)
-    if d[-1] > d[-2]:
-        idx.append(d.numel() - 1)
-    count = 0
-    for i in idx:
-        h = float(d[i])
-        if h < rel_height * peak:
-            continue
-        # prominence-like test: walk to the nearest higher peak on each side
-        ok = True
-        for direction in (-1, 1):
-            j, low = i, h
-            while 0 <= j + direction < d.numel():
-                j += direction
-                low = min(low, float(d[j]))
-                if float(d[j]) > h:
-                    if low > 0.5 * h:
-                        ok = False
-                    break
-        count += ok
-    return count
+def _mass_beyond_valley(seq, w, min_height: float, dip: float) -> float:
+    """seq: density walking outwards from the global mode.  The mass past the valley before the
+    first secondary mode (a point above min_height and above dip x the lowest density between
+    it and the mode), or 0 when there is none."""
+    runmin = np.minimum.accumulate(seq)
+    is_mode = (seq > dip * runmin) & (seq > min_height)
+    if not is_mode.any():
+        return 0.0
+    j = int(np.argmax(is_mode))
+    valley = int(np.argmin(seq[: j + 1]))
+    return float((seq[valley + 1:] * w[valley + 1:]).sum())
 
 
-def second_mode_mass(density_1d, z_grid) -> float:
-    """Posterior mass outside the basin of the highest mode (the connected region around the
-    global maximum where the density is above 1% of its peak); 0 for a unimodal posterior."""
-    d = _t(density_1d).reshape(-1)
-    w = trapezoid_weights(z_grid)
-    i = int(d.argmax())
-    thresh = 0.01 * float(d[i])
-    lo = i
-    while lo > 0 and float(d[lo - 1]) > thresh:
-        lo -= 1
-    hi = i
-    while hi < d.numel() - 1 and float(d[hi + 1]) > thresh:
-        hi += 1
-    inside = float((d[lo:hi + 1] * w[lo:hi + 1]).sum())
-    return max(0.0, float((d * w).sum()) - inside)
+def second_mode_mass(density, z_grid, rel_height: float = 0.01, dip: float = 2.0) -> torch.Tensor:
+    """Posterior mass outside the basin of the highest mode, per row of (n, G) 1-D densities.
+
+    Walking outwards from the global maximum, the basin ends at the valley before the first
+    secondary mode: a point whose density exceeds rel_height * peak and is more than `dip`
+    times the lowest density between it and the global mode (so ripples on a plateau do not
+    count).  0 for a unimodal posterior (tails included); about 0.5 for two equal, separated
+    modes.  Returns (n,).
+    """
+    d = _t(density)
+    if d.dim() == 1:
+        d = d.unsqueeze(0)
+    d = d.numpy()
+    w = trapezoid_weights(z_grid).numpy()
+    out = np.zeros(d.shape[0])
+    for n, row in enumerate(d):
+        i = int(row.argmax())
+        h = rel_height * row[i]
+        out[n] = (_mass_beyond_valley(row[i::-1], w[i::-1], h, dip)
+                  + _mass_beyond_valley(row[i:], w[i:], h, dip))
+    return torch.from_numpy(out)

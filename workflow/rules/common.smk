@@ -1,5 +1,7 @@
 # Configuration, grid and paths shared by all rules.  The grid and the path patterns
 # live in the package (vaefail.grid) so that the workflow and the code agree.
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,9 +20,10 @@ except vconfig.ConfigError as error:
 
 DEVICE = vconfig.resolve_device(config.get("device", "auto"))
 GPU = 1 if DEVICE == "cuda" else 0
-REDRAW = bool(config.get("redraw", False))
+REDRAW = str(config.get("redraw", False)).lower() == "true"  # --config passes text
 VERSIONS = range(SETTINGS["versions"])
 SETTINGS_JSON = f"{OUT}/settings.json"
+CONDA_ENV = "../../envs/vaefail.yaml"  # relative to the rule files
 
 
 wildcard_constraints:
@@ -51,12 +54,21 @@ def gt_encoders_of(wildcards):
 
 
 def run_files(experiment, suffix=".json"):
-    return [out(stem + suffix) for stem in grid.experiment_run_stems(SETTINGS, experiment)]
+    return [out(f"{stem}{suffix}") for stem in grid.experiment_run_stems(SETTINGS, experiment)]
+
+
+def job_outputs(suffix):
+    """Outputs of one training job: every restart of every version, as wildcard patterns."""
+    return [
+        out(f"{grid.run_stem('{experiment}', '{dataset}', '{setting}', v, r)}{suffix}")
+        for v in VERSIONS
+        for r in range(grid.n_restarts(SETTINGS))
+    ]
 
 
 def panel_runs(wildcards):
     """Weights of every restart of one (data set, method) of the unsupervised experiment."""
-    return [out(stem + ".pt")
+    return [out(f"{stem}.pt")
             for setting in grid.experiment_settings(SETTINGS, "unsupervised")
             if setting.method == wildcards.method
             for stem in grid.job_run_stems(SETTINGS, "unsupervised", wildcards.dataset, setting.id)]

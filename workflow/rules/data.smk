@@ -9,11 +9,15 @@ rule settings:
     output:
         SETTINGS_JSON,
     params:
-        settings=SETTINGS,
-    run:
-        from vaefail.jobs import write_settings
-
-        write_settings(params.settings, output[0])
+        settings=json.dumps(SETTINGS, sort_keys=True),
+        scale=config["scale"],
+    log:
+        out("logs/settings.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail settings --settings-json {params.settings:q} --scale {params.scale} "
+        "--out {output} > {log} 2>&1"
 
 
 rule surrogate:
@@ -25,6 +29,8 @@ rule surrogate:
     log:
         out("logs/surrogate/{base}.log"),
     threads: 1
+    conda:
+        CONDA_ENV
     shell:
         "python -m vaefail surrogate --settings {input} --base {wildcards.base} "
         "--out {output.pt} > {log} 2>&1"
@@ -38,6 +44,8 @@ rule dataset:
         [out(grid.data_path("{dataset}", v)) for v in VERSIONS],
     log:
         out("logs/dataset/{dataset}.log"),
+    conda:
+        CONDA_ENV
     shell:
         "python -m vaefail dataset --settings {input.settings} --dataset {wildcards.dataset} "
         "--surrogate {input.surrogate} --out {output} > {log} 2>&1"
@@ -50,12 +58,16 @@ rule gt_encoders:
         data=data_of,
     output:
         [out(grid.gt_encoder_path("{dataset}", v)) for v in VERSIONS],
+    params:
+        device=DEVICE,
     log:
         out("logs/gt_encoders/{dataset}.log"),
     threads: 1
     resources:
         gpu=GPU,
+    conda:
+        CONDA_ENV
     shell:
         "python -m vaefail gt-encoders --settings {input.settings} --dataset {wildcards.dataset} "
         "--surrogate {input.surrogate} --data {input.data} --out {output} "
-        "--device {DEVICE} --threads {threads} > {log} 2>&1"
+        "--device {params.device} --threads {threads} > {log} 2>&1"

@@ -8,8 +8,12 @@ rule select:
     output:
         selected=out("selected/{experiment}.csv"),
         all_runs=out("selected/{experiment}-all-restarts.csv"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
     log:
         out("logs/select/{experiment}.log"),
+    conda:
+        CONDA_ENV
     shell:
         "python -m vaefail select --settings {input.settings} --experiment {wildcards.experiment} "
-        "--outdir {OUT} --out {output.selected} --out-all {output.all_runs} > {log} 2>&1"
+        "--outdir {params.outdir} --out {output.selected} --out-all {output.all_runs} > {log} 2>&1"

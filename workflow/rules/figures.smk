@@ -9,12 +9,16 @@ rule figure_panels:
     output:
         pdf=out("figures/panels/{dataset}-{method}.pdf"),
         png=out("figures/panels/{dataset}-{method}.png"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
     log:
         out("logs/figures/panels-{dataset}-{method}.log"),
+    conda:
+        CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure panels --outdir {OUT} "
-        "--dataset {wildcards.dataset} --method {wildcards.method} "
-        "--out {OUT}/figures/panels/{wildcards.dataset}-{wildcards.method} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings} --figure panels --outdir {params.outdir} "
+        "--dataset {wildcards.dataset} --method {wildcards.method} --out {params.stem} > {log} 2>&1"
 
 
 rule figure1:
@@ -25,11 +29,16 @@ rule figure1:
     output:
         pdf=out("figures/figure1.pdf"),
         png=out("figures/figure1.png"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
     log:
         out("logs/figures/figure1.log"),
+    conda:
+        CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure figure1 --outdir {OUT} "
-        "--out {OUT}/figures/figure1 > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings} --figure figure1 --outdir {params.outdir} "
+        "--out {params.stem} > {log} 2>&1"
 
 
 rule figure_latent:
@@ -40,8 +49,13 @@ rule figure_latent:
     output:
         pdf=out("figures/latent/{dataset}.pdf"),
         png=out("figures/latent/{dataset}.png"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
     log:
         out("logs/figures/latent-{dataset}.log"),
+    conda:
+        CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure latent --outdir {OUT} "
-        "--dataset {wildcards.dataset} --out {OUT}/figures/latent/{wildcards.dataset} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings} --figure latent --outdir {params.outdir} "
+        "--dataset {wildcards.dataset} --out {params.stem} > {log} 2>&1"

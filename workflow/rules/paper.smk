@@ -4,12 +4,16 @@
 rule paper:
     input:
         settings=SETTINGS_JSON,
-        sources=ancient(sorted(str(p) for p in Path("paper").glob("*.tex"))),
+        sources=sorted(str(p) for p in Path(workflow.basedir, "paper").glob("*.tex")),
         tables=TABLES,
         figures=[out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES],
     output:
         out("paper.pdf"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
     log:
         out("logs/paper.log"),
+    conda:
+        CONDA_ENV
     shell:
-        "python -m vaefail paper --settings {input.settings} --outdir {OUT} --out {output} > {log} 2>&1"
+        "python -m vaefail paper --settings {input.settings} --outdir {params.outdir} --out {output} > {log} 2>&1"

@@ -18,6 +18,8 @@ rule table:
         table="|".join(TABLE_INPUTS),
     log:
         out("logs/tables/{table}.log"),
+    conda:
+        CONDA_ENV
     shell:
         "python -m vaefail table --settings {input.settings} --table {wildcards.table} "
         "--selected {input.selected} --out {output.csv} > {log} 2>&1"

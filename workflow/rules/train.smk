@@ -2,14 +2,6 @@
 # data version, trained as one batched ensemble; one result file per restart.
 
 
-def _run_outputs(suffix):
-    return [
-        out(grid.run_stem("{experiment}", "{dataset}", "{setting}", v, r) + suffix)
-        for v in VERSIONS
-        for r in range(grid.n_restarts(SETTINGS))
-    ]
-
-
 rule train:
     input:
         settings=SETTINGS_JSON,
@@ -17,10 +9,11 @@ rule train:
         data=data_of,
         gt_encoders=gt_encoders_of,
     output:
-        results=_run_outputs(".json"),
-        weights=_run_outputs(".pt"),
+        results=job_outputs(".json"),
+        weights=job_outputs(".pt"),
     params:
         stems=lambda w, output: [p.removesuffix(".json") for p in output.results],
+        device=DEVICE,
     log:
         out("logs/train/{experiment}/{dataset}/{setting}.log"),
     benchmark:
@@ -28,8 +21,10 @@ rule train:
     threads: 1
     resources:
         gpu=GPU,
+    conda:
+        CONDA_ENV
     shell:
         "python -m vaefail train --settings {input.settings} --experiment {wildcards.experiment} "
         "--dataset {wildcards.dataset} --setting {wildcards.setting} "
         "--surrogate {input.surrogate} --data {input.data} --gt-encoders {input.gt_encoders} "
-        "--out-stems {params.stems} --device {DEVICE} --threads {threads} > {log} 2>&1"
+        "--out-stems {params.stems} --device {params.device} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,213 @@
+"""Build the reproduction report: paper/*.tex plus generated inputs, compiled with latexmk.
+
+Generated here (into <outdir>/paper_build/generated.tex), from recorded results only:
+provenance macros (git commit, settings hash, scale), the settings table, surrogate fit
+errors, run times, the cell-by-cell comparison with the paper and the check of each of
+the paper's qualitative claims.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ROOT, settings_hash
+from .datasets import TITLES
+from .grid import base_datasets
+from .provenance import code_version
+
+PAPER_SOURCES = ROOT / "paper"
+AGREEMENT_SDS = 2.0   # "agrees" when |ours - paper| <= 2 * sqrt(sd_ours^2 + sd_paper^2)
+
+
+def tex(text) -> str:
+    """Escape LaTeX's special characters in plain text."""
+    text = str(text)
+    for a, b in (("_", "\\_"), ("%", "\\%"), ("&", "\\&"), ("#", "\\#"), ("^", "\\^{}"),
+                 ("~", "\\~{}"), ("{", "\\{"), ("}", "\\}")):
+        text = text.replace(a, b)
+    return text
+
+
+def _num(v, digits=3) -> str:
+    return "--" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def verdict(row) -> str:
+    if not np.isfinite(row["paper_mean"]) or not np.isfinite(row["mean"]):
+        return "no paper value"
+    spread = np.sqrt(np.nan_to_num(row["sd"]) ** 2 + np.nan_to_num(row["paper_sd"]) ** 2)
+    return "agrees" if abs(row["mean"] - row["paper_mean"]) <= AGREEMENT_SDS * spread else "differs"
+
+
+def comparison_rows(tables: dict[str, pd.DataFrame]) -> str:
+    lines = []
+    for name, cells in tables.items():
+        for _, row in cells[cells["paper_mean"].notna()].iterrows():
+            lines.append(" & ".join([tex(name), tex(row["row"]), tex(row["column"]),
+                                     f"{_num(row['mean'])} $\\pm$ {_num(row['sd'])}",
+                                     f"{_num(row['paper_mean'])} $\\pm$ {_num(row['paper_sd'])}",
+                                     verdict(row)]) + " \\\\")
+    return "\n".join(lines)
+
+
+def _value(cells, row, column):
+    hit = cells[(cells["row"] == row) & (cells["column"] == column)]
+    return float(hit["mean"].iloc[0]) if len(hit) else float("nan")
+
+
+def claims(tables: dict[str, pd.DataFrame], settings: dict) -> list[tuple[str, str, str]]:
+    """(claim, our evidence, holds?) for each qualitative statement of the paper we can check."""
+    out = []
+
+    def add(claim, evidence, holds):
+        out.append((claim, evidence, "n/a" if holds is None else ("yes" if holds else "no")))
+
+    t1 = tables["table1"]
+    for dataset in ("Clusters", "Figure-8"):
+        iwae, lin, vae = (_value(t1, dataset, m) for m in ("IWAE", "LIN", "VAE"))
+        if np.isfinite(iwae):
+            add(f"{dataset}: IWAE learns $p(x)$ better than the VAE (Table 1)",
+                f"kNN IWAE {_num(iwae)} vs VAE {_num(vae)}", iwae < vae)
+            add(f"{dataset}: IWAE learns $p(x)$ better than LIN (Table 1)",
+                f"kNN IWAE {_num(iwae)} vs LIN {_num(lin)}", iwae < lin)
+    t2 = tables["table2"]
+    ks = sorted(settings["latent_dims"])
+    if len(ks) > 1 and ks[0] == 1:
+        for dataset in ("Figure-8", "Clusters"):
+            if dataset.lower() not in settings["latent_datasets"]:
+                continue
+            elbo = {k: _value(t2, "VAE test -ELBO", f"{dataset} K={k}") for k in ks}
+            mi = {k: _value(t2, "VAE test avg_i I(x; z_i)", f"{dataset} K={k}") for k in ks}
+            iw = {k: _value(t2, "IWAE test -ELBO", f"{dataset} K={k}") for k in ks}
+            add(f"{dataset}: the VAE's test $-$ELBO prefers $K>1$ over the true $K=1$ (Table 2)",
+                ", ".join(f"K={k}: {_num(elbo[k])}" for k in ks), min(elbo[k] for k in ks[1:]) < elbo[1])
+            add(f"{dataset}: the VAE's average per-dimension MI falls as $K$ grows (Table 2)",
+                ", ".join(f"K={k}: {_num(mi[k])}" for k in ks), all(a > b for a, b in zip(
+                    [mi[k] for k in ks], [mi[k] for k in ks[1:]])))
+            add(f"{dataset}: IWAE does not prefer $K>1$ (Table 2)",
+                ", ".join(f"K={k}: {_num(iw[k])}" for k in ks),
+                not (min(iw[k] for k in ks[1:]) < iw[1] - 0.05))
+    th = tables["theorem2"]
+    title = TITLES[settings["noise_dataset"]]
+    fixed = _value(th, "sigma^2 by eq. 5 for the best fixed-sigma^2 VAE", title)
+    joint = _value(th, "sigma^2 learned jointly with (theta, phi)", title)
+    if settings["noise_dataset"] == "spiral-dots":
+        add("Spiral-Dots: eq. 5 over-estimates $\\sigma^2=0.01$ at the best fixed-$\\sigma^2$ VAE",
+            f"{_num(fixed, 4)}", fixed > 0.01)
+        add("Spiral-Dots: learning $\\sigma^2$ jointly over-estimates it more",
+            f"joint {_num(joint, 4)} vs eq. 5 {_num(fixed, 4)}", joint > fixed > 0.01)
+    return out
+
+
+def settings_rows(settings: dict) -> str:
+    return "\n".join(f"\\texttt{{{tex(k)}}} & \\texttt{{{tex(json.dumps(v))}}} \\\\"
+                     for k, v in sorted(settings.items()))
+
+
+def surrogate_rows(outdir: Path, settings: dict) -> str:
+    rows = []
+    for base in base_datasets(settings):
+        with open(outdir / "surrogates" / f"{base}.json") as fh:
+            rec = json.load(fh)
+        rows.append(f"{TITLES[base]} & {rec['mse']:.2e} & {'yes' if rec['reached_target'] else 'no'} "
+                    f"& {rec['seconds']:.0f} \\\\")
+    return "\n".join(rows)
+
+
+def run_time_rows(outdir: Path) -> tuple[str, float]:
+    """Wall-clock seconds of the training jobs, from Snakemake's benchmark files."""
+    totals: dict[str, float] = {}
+    for path in sorted((outdir / "benchmarks" / "train").glob("*/*/*.tsv")):
+        experiment = path.parts[-3]
+        totals[experiment] = totals.get(experiment, 0.0) + float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+    rows = "\n".join(f"{tex(e)} & {s / 60:.1f} \\\\" for e, s in totals.items())
+    return rows, sum(totals.values())
+
+
+METHOD_NAMES = {"vae": "VAE", "lin": "LIN", "iwae": "IWAE"}
+
+
+def _figure(path: Path, caption: str) -> str:
+    return ("\\begin{figure}[p]\\centering"
+            f"\\includegraphics[width=\\linewidth]{{{path.resolve()}}}"
+            f"\\caption{{{caption}}}\\end{{figure}}")
+
+
+def panel_figures(settings: dict, outdir: Path) -> str:
+    return "\n".join(
+        _figure(outdir / "figures" / "panels" / f"{d}-{m}.pdf",
+                f"{METHOD_NAMES[m]} on {TITLES[d]} (the paper's Figures 6--14 show such panels): "
+                "(a) test data and model samples with the learned $f(z)$; (b) true and learned $f$; "
+                "(c) aggregate posterior and prior; (d) exact posteriors under the true decoder; "
+                "(e) exact posteriors under the learned decoder, with $q(z|x)$ dashed.")
+        for d in settings["unsupervised_datasets"] for m in ("vae", "lin", "iwae"))
+
+
+def latent_figures(settings: dict, outdir: Path) -> str:
+    return "\n".join(
+        _figure(outdir / "figures" / "latent" / f"{d}-5d.pdf",
+                f"Posteriors of the VAE's learned decoder for {TITLES[d]} embedded in 5-D, for each latent "
+                "dimension $K$ (the paper's Figures 21--22).")
+        for d in settings["latent_datasets"])
+
+
+def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
+    tables = {name: pd.read_csv(outdir / "tables" / f"{name}.csv") for name in ("table1", "table2", "theorem2")}
+    version = code_version()
+    commit = version["git_commit"] + (" (with uncommitted changes)" if version["git_dirty"] else "")
+    time_rows, total = run_time_rows(outdir)
+    claim_rows = "\n".join(f"{c} & {tex(e)} & {h} \\\\" for c, e, h in claims(tables, settings))
+    verdicts = [verdict(r) for name in tables for _, r in tables[name].iterrows()
+                if np.isfinite(r["paper_mean"])]
+    return "\n".join([
+        "% Generated by vaefail.report from recorded results; do not edit.",
+        f"\\newcommand{{\\ResultsDir}}{{{outdir.resolve()}}}",
+        f"\\newcommand{{\\GitCommit}}{{\\texttt{{{tex(commit)}}}}}",
+        f"\\newcommand{{\\SettingsHash}}{{\\texttt{{{settings_hash(settings)}}}}}",
+        f"\\newcommand{{\\Scale}}{{\\texttt{{{tex(scale)}}}}}",
+        f"\\newcommand{{\\Versions}}{{{settings['versions']}}}",
+        f"\\newcommand{{\\Restarts}}{{{settings['restarts_random']} random + {settings['restarts_gt']} ground-truth}}",
+        f"\\newcommand{{\\KnnK}}{{{settings['knn_k']}}}",
+        f"\\newcommand{{\\KnnTemperature}}{{{settings['knn_temperature']}}}",
+        f"\\newcommand{{\\Selection}}{{{tex(settings['selection'])}}}",
+        f"\\newcommand{{\\TrainingMinutes}}{{{total / 60:.1f}}}",
+        f"\\newcommand{{\\CellsAgree}}{{{verdicts.count('agrees')}}}",
+        f"\\newcommand{{\\CellsCompared}}{{{len(verdicts)}}}",
+        f"\\newcommand{{\\AgreementSds}}{{{AGREEMENT_SDS:g}}}",
+        f"\\newcommand{{\\SettingsRows}}{{{settings_rows(settings)}}}",
+        f"\\newcommand{{\\SurrogateRows}}{{{surrogate_rows(outdir, settings)}}}",
+        f"\\newcommand{{\\RunTimeRows}}{{{time_rows}}}",
+        f"\\newcommand{{\\ComparisonRows}}{{{comparison_rows(tables)}}}",
+        f"\\newcommand{{\\ClaimRows}}{{{claim_rows}}}",
+        f"\\newcommand{{\\PanelFigures}}{{{panel_figures(settings, outdir)}}}",
+        f"\\newcommand{{\\LatentFigures}}{{{latent_figures(settings, outdir)}}}",
+        "",
+    ])
+
+
+def build_paper(settings: dict, outdir: str, out: str, scale: str | None = None) -> None:
+    outdir = Path(outdir)
+    if scale is None:
+        with open(outdir / "settings.json") as fh:
+            scale = json.load(fh).get("scale", "custom")
+    build = outdir / "paper_build"
+    if build.exists():
+        shutil.rmtree(build)
+    build.mkdir(parents=True)
+    for source in PAPER_SOURCES.glob("*.tex"):
+        shutil.copy(source, build / source.name)
+    (build / "generated.tex").write_text(generated_tex(settings, outdir, scale))
+    if shutil.which("latexmk") is None:
+        raise RuntimeError("latexmk is not installed: install TeX Live (Debian: apt-get install "
+                           "texlive-latex-base texlive-latex-recommended texlive-fonts-recommended latexmk)")
+    result = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+                            cwd=build, capture_output=True, text=True)
+    if result.returncode != 0:
+        log_tail = (build / "report.log").read_text()[-3000:] if (build / "report.log").exists() else result.stdout[-3000:]
+        raise RuntimeError(f"latexmk failed (exit {result.returncode}); end of report.log:\n{log_tail}")
+    shutil.copy(build / "report.pdf", out)

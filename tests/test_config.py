@@ -1,0 +1,77 @@
+"""Configuration: presets, overrides, and errors that name the key, the value and the fix."""
+import json
+
+import pytest
+import yaml
+
+from vaefail import config, grid
+from vaefail.config import ROOT, ConfigError
+
+
+@pytest.fixture
+def raw():
+    with open(ROOT / "config.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_every_preset_resolves(raw):
+    for scale in ("smoke", "default", "paper"):
+        settings = config.resolve({**raw, "scale": scale})
+        assert settings["versions"] >= 1
+
+
+def test_the_paper_preset_is_the_papers_grid(raw):
+    s = config.resolve({**raw, "scale": "paper"})
+    assert (s["versions"], s["restarts_random"], s["restarts_gt"], s["epochs"]) == (5, 5, 5, 100)
+    assert s["iwae_samples"] == [3, 10, 20]
+    assert s["lin_thresholds"] == [0.05, 0.1] and s["lin_inner_steps"] == [5, 10]
+    assert s["latent_dims"] == [1, 2, 3]
+    assert (s["n_train"], s["n_valid"], s["n_test"], s["batch_size"]) == (5000, 2000, 2000, 100)
+    assert s["hidden_layers"] == [50, 50, 50] and s["learning_rate"] == 0.001
+    settings_ids = [x.id for x in grid.experiment_settings(s, "unsupervised")]
+    assert settings_ids == ["vae", "lin-T0.05-R5", "lin-T0.05-R10", "lin-T0.1-R5", "lin-T0.1-R10",
+                            "iwae-S3", "iwae-S10", "iwae-S20"]
+
+
+def test_top_level_keys_override_the_preset(raw):
+    s = config.resolve({**raw, "scale": "paper", "epochs": 7})
+    assert s["epochs"] == 7
+    assert config.settings_hash(s) != config.settings_hash(config.resolve({**raw, "scale": "paper"}))
+
+
+@pytest.mark.parametrize("override, words", [
+    ({"restarts_gt": -1}, ["restarts_gt", "-1", "minimum"]),
+    ({"epochs": "ten"}, ["epochs", "'ten'", "integer"]),
+    ({"scale": "huge"}, ["scale", "huge", "smoke", "paper"]),
+    ({"selection": "best"}, ["selection", "knn", "validation_loss"]),
+    ({"unsupervised_datasets": ["moons"]}, ["unsupervised_datasets", "moons", "figure-8"]),
+    ({"epoch": 3}, ["unknown config key", "'epoch'", "epochs"]),
+    ({"n_train": 5050}, ["n_train", "5050", "batch_size"]),
+    ({"restarts_random": 0, "restarts_gt": 0}, ["restarts_random", "at least one"]),
+    ({"knn_k": 5000}, ["knn_k", "5000"]),
+])
+def test_bad_values_fail_with_a_message_naming_key_value_and_what_is_allowed(raw, override, words):
+    with pytest.raises(ConfigError) as err:
+        config.resolve({**raw, **override})
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_an_output_folder_never_mixes_two_settings(raw, tmp_path):
+    s = config.resolve(raw)
+    (tmp_path / "settings.json").write_text(json.dumps({"settings": s}))
+    config.check_output_dir(s, tmp_path)   # same settings: fine
+    with pytest.raises(ConfigError) as err:
+        config.check_output_dir({**s, "epochs": 3}, tmp_path)
+    assert "epochs: 100 -> 3" in str(err.value) and "outdir" in str(err.value)
+
+
+def test_grid_paths_and_restart_kinds(raw):
+    s = config.resolve({**raw, "scale": "paper"})
+    assert len(grid.job_run_stems(s, "unsupervised", "clusters", "vae")) == 5 * 10
+    kinds = [grid.restart_init(s, grid.Setting("unsupervised", "vae"), r) for r in range(10)]
+    assert kinds == ["random"] * 5 + ["gt"] * 5
+    k2 = grid.Setting("latent", "vae", latent_dim=2)
+    assert {grid.restart_init(s, k2, r) for r in range(10)} == {"random"}
+    with pytest.raises(ValueError, match="known:"):
+        grid.find_setting(s, "unsupervised", "iwae-S7")

@@ -1,0 +1,115 @@
+"""The Snakemake workflow end to end: lint, the paper-scale grid, a smoke run to the PDF,
+redrawing from saved results, and bad input that must stop with a clear message."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from vaefail import config, grid
+from vaefail.config import ROOT
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+HAVE_LATEX = shutil.which("latexmk") is not None
+
+
+def snakemake(*args, check=True, timeout=1800):
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def test_lint_is_clean():
+    result = snakemake("--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_paper_scale_dry_run_lists_the_full_grid(tmp_path):
+    result = snakemake("-n", "--quiet", "rules", "--config", "scale=paper", f"outdir={tmp_path}")
+    with open(ROOT / "config.yaml") as fh:
+        settings = config.resolve({**yaml.safe_load(fh), "scale": "paper"})
+    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    # 5 examples x (VAE + 4 LIN + 3 IWAE) + Spiral-Dots with sigma^2 learned + 2 x 3 K x (VAE + 3 IWAE)
+    assert counts["train"] == 5 * 8 + 1 + 2 * 3 * 4 == len(grid.training_jobs(settings))
+    assert counts["surrogate"] == 5 and counts["dataset"] == 7 and counts["gt_encoders"] == 7
+    restarts = sum(len(grid.experiment_run_stems(settings, e)) for e in grid.EXPERIMENTS)
+    assert restarts == 65 * 5 * 10
+
+
+@pytest.mark.parametrize("override, words", [
+    ("restarts_gt=-1", ["restarts_gt", "-1", "minimum"]),
+    ("scale=huge", ["scale", "huge"]),
+    ("epoch=3", ["unknown config key", "epoch"]),
+])
+def test_a_bad_config_stops_the_workflow_with_its_message(tmp_path, override, words):
+    result = snakemake("-n", "--config", override, f"outdir={tmp_path}", check=False)
+    assert result.returncode != 0
+    for word in words:
+        assert word in result.stdout + result.stderr
+
+
+def test_redraw_without_results_names_what_is_missing(tmp_path):
+    result = snakemake("-n", "--config", "scale=smoke", f"outdir={tmp_path}", "redraw=true", check=False)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "missing" in text and "runs/unsupervised" in text and "without redraw=true" in text
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    outdir = tmp_path_factory.mktemp("smoke")
+    snakemake("--cores", "2", "--config", "scale=smoke", f"outdir={outdir}")
+    return outdir
+
+
+def test_smoke_run_writes_tidy_tables(smoke_run):
+    for name in ("table1", "table2", "theorem2"):
+        cells = pd.read_csv(smoke_run / "tables" / f"{name}.csv")
+        assert list(cells.columns) == ["table", "row", "column", "mean", "sd", "n", "paper_mean", "paper_sd"]
+        assert (cells["n"] == 2).all() and cells["mean"].notna().all()
+        assert (smoke_run / "tables" / f"{name}.tex").read_text().count("\\toprule") == 1
+    table1 = pd.read_csv(smoke_run / "tables" / "table1.csv")
+    assert set(table1["column"]) == {"IWAE", "LIN", "VAE"}
+    assert table1.loc[(table1["row"] == "Clusters") & (table1["column"] == "VAE"), "paper_mean"].item() == 0.361
+
+
+def test_smoke_run_records_provenance_per_restart(smoke_run):
+    record = json.loads((smoke_run / "runs/unsupervised/clusters/vae/v1/r0.json").read_text())
+    settings = json.loads((smoke_run / "settings.json").read_text())
+    assert record["provenance"]["settings_hash"] == settings["settings_hash"]
+    assert record["status"] == "ok" and record["init"] == "random" and isinstance(record["seed"], int)
+    assert {"knn_test", "objective_valid", "sigma2", "sigma2_closed_form", "mi_test"} <= set(record)
+    assert (smoke_run / "runs/unsupervised/clusters/vae/v1/r0.pt").exists()
+
+
+def test_smoke_run_draws_the_figures(smoke_run):
+    for path in ["figures/figure1", "figures/panels/clusters-iwae", "figures/latent/figure-8-5d"]:
+        assert (smoke_run / f"{path}.pdf").read_bytes()[:4] == b"%PDF"
+        assert (smoke_run / f"{path}.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not HAVE_LATEX, reason="latexmk is not installed")
+def test_smoke_run_builds_the_report(smoke_run):
+    pdf = (smoke_run / "paper.pdf").read_bytes()
+    assert pdf[:4] == b"%PDF" and len(pdf) > 50_000
+    generated = (smoke_run / "paper_build" / "generated.tex").read_text()
+    assert json.loads((smoke_run / "settings.json").read_text())["settings_hash"] in generated
+
+
+def test_redraw_rebuilds_outputs_without_training(smoke_run):
+    run_file = smoke_run / "runs/unsupervised/clusters/vae/v1/r0.json"
+    before = run_file.stat().st_mtime_ns
+    table = smoke_run / "tables" / "table1.csv"
+    table_before = table.stat().st_mtime_ns
+    result = snakemake("--cores", "2", "--forceall", "--config", "scale=smoke", f"outdir={smoke_run}", "redraw=true")
+    assert "rule train" not in result.stdout + result.stderr
+    assert run_file.stat().st_mtime_ns == before
+    assert table.stat().st_mtime_ns > table_before
