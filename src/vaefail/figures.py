@@ -12,8 +12,8 @@ missing) is drawn as an empty panel with a note.
 """
 from __future__ import annotations
 
-import math
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +116,8 @@ def load_selected(outdir: str | Path, table: pd.DataFrame, experiment: str, data
     row = here.iloc[0]
     path = Path(outdir) / (grid.run_stem(experiment, dataset, row["setting"], version, int(row["restart"])) + ".pt")
     if not path.exists():
-        return Selected(experiment, dataset, method, row, None, f"weights missing: {path.name}")
+        return Selected(experiment, dataset, method, row, None,
+                        f"weights missing:\n{path.relative_to(outdir) if path.is_relative_to(outdir) else path}")
     return Selected(experiment, dataset, method, row, jobs.load_member(path))
 
 
@@ -150,15 +151,15 @@ def model_samples(model, n: int, gen: torch.Generator) -> np.ndarray:
 
 
 # --- drawing helpers --------------------------------------------------------------------
-def empty_panel(ax, note: str) -> None:
+def empty_panel(ax, note: str, width: int = 28) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(True)
         spine.set_linestyle(":")
         spine.set_color("0.6")
-    ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=8,
-            color="0.3", wrap=True)
+    text = "\n".join(textwrap.fill(part, width) for part in note.split("\n"))
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.3")
 
 
 def marker_size(n: int) -> float:
@@ -174,7 +175,8 @@ def data_limits(x: np.ndarray, pad: float = 0.08) -> tuple[tuple[float, float], 
     return (mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)
 
 
-def coloured_curve(ax, xy: np.ndarray, z: np.ndarray, cmap="viridis", lw=2.2):
+def coloured_curve(ax, xy: np.ndarray, z: np.ndarray, cmap="viridis", lw=1.4):
+    """The curve xy(z) coloured by z, drawn thin over the scatter of points."""
     segments = np.stack([xy[:-1, :2], xy[1:, :2]], axis=1)
     lc = LineCollection(segments, cmap=cmap, norm=plt.Normalize(z.min(), z.max()), linewidth=lw, zorder=3)
     lc.set_array((z[:-1] + z[1:]) / 2)
@@ -190,7 +192,8 @@ def save(fig, out: str | Path) -> None:
         fig.set_dpi(PNG_DPI)
         engine.execute(fig)
         fig.set_layout_engine("none")
-    for ext, kwargs in (("pdf", {}), ("png", {"dpi": PNG_DPI})):
+    # no creation dates in the files: the same inputs give byte-identical figures
+    for ext, kwargs in (("pdf", {"metadata": {"CreationDate": None}}), ("png", {"dpi": PNG_DPI})):
         tmp = out.with_name(out.name + f".tmp.{ext}")
         fig.savefig(tmp, format=ext, **kwargs)
         os.replace(tmp, out.with_name(out.name + f".{ext}"))
@@ -221,9 +224,13 @@ def choose_points(truth: Truth, quantiles: tuple[float, ...], n_multimodal: int
     return points, score[points], [i in picked for i in points]
 
 
+MODE_NOTE = ("mass off main mode: posterior mass beyond the valley that separates the highest mode from "
+             "the next one (0 if unimodal); (max): the test point where it is largest")
+
+
 def multimodal_note(score: float, picked: bool) -> str:
     note = f"mass off main mode {score:.2f}"
-    return note + (" (most multi-modal)" if picked else "")
+    return note + (" (max)" if picked else "")
 
 
 def point_label(truth: Truth, i: int, k: int) -> str:
@@ -247,7 +254,7 @@ def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str
     sel = load_selected(outdir, read_selected(outdir, experiment), experiment, dataset, method, latent_dim=1)
     points, scores, picked = choose_points(truth, (0.03, 0.25, 0.5, 0.75, 0.97), 1)
     zg = grid_1d()
-    zc = torch.linspace(*Z_CURVE, 601, dtype=torch.float64)
+    zc = torch.linspace(*Z_CURVE, 2001, dtype=torch.float64)
     f_true = truth.decoder(zc.unsqueeze(-1)).numpy()
     if sel.ok:
         f_learned = P.model_decoder(sel.model)(zc.unsqueeze(-1)).numpy()
@@ -265,7 +272,7 @@ def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str
                      label=f"{method_label(method)} samples")
         lc = coloured_curve(ax_a, f_learned, zc.numpy())
         top.colorbar(lc, ax=ax_a, label="z of learned $f_\\theta(z)$", shrink=0.6, pad=0.01)
-    ax_a.plot(*f_true[:, :2].T, "k--", lw=1.2, label="true $f(z)$", zorder=4)
+    ax_a.plot(*f_true[:, :2].T, "k--", lw=0.9, label="true $f(z)$", zorder=4)
     mark_points(ax_a, truth, points)
     ax_a.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
              title="(a) true vs learned $p(x)$; learned $f_\\theta(z)$ coloured by z, $z\\in[-3,3]$")
@@ -302,7 +309,8 @@ def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str
         post_learned = P.exact_posterior_1d(P.model_log_likelihood(sel.model), x_sel, zg).numpy()
         q = P.gaussian_density(*P.model_encoder(sel.model, x_sel), zg).numpy()
     row_d.suptitle(f"(d) exact posteriors $p(z|x)$ under the TRUE decoder (surrogate, true $\\sigma^2$ = "
-                   f"{truth.noise_variance:g}); points numbered as in (a), dotted line: their true z",
+                   f"{truth.noise_variance:g}); points numbered as in (a); dotted: their true z\n"
+                   f"{MODE_NOTE}",
                    fontsize=10)
     learned_s2 = fmt_sigma2(sel.sigma2) if sel.ok else "n/a"
     row_e.suptitle(f"(e) exact posteriors $p_\\theta(z|x)$ under the LEARNED decoder (learned $\\sigma^2$ = "
@@ -322,7 +330,7 @@ def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str
             ax.plot(zg, q[k], "--", color="k", lw=1.2, label="$q_\\phi(z|x)$")
             ax.set(xlim=Z_PLOT, xlabel="z", title=point_label(truth, i, k))
             if k == 0:
-                ax.legend(loc="upper left", fontsize=7)
+                ax.legend(loc="best", fontsize=7)
         else:
             ax.set_title(point_label(truth, i, k))
             empty_panel(ax, sel.note)
@@ -352,7 +360,7 @@ def draw_figure1(settings: dict, outdir: str, out: str) -> None:
         xlim, ylim = data_limits(truth.x)
         ax = axes[r, 0]
         ax.scatter(*truth.x[:, :2].T, s=marker_size(len(truth.x)), alpha=0.5, color=DATA_COLOUR, linewidths=0)
-        ax.set_title(f"{dataset_title(name)}: true $p(x)$ (test data, n = {len(truth.x)})")
+        ax.set_title(f"{dataset_title(name)}: true $p(x)$\ntest data of version {VERSION}\nn = {len(truth.x)}")
         for c, method in enumerate(("vae", "iwae"), start=1):
             ax = axes[r, c]
             sel = load_selected(outdir, table, "unsupervised", name, method, latent_dim=1)
@@ -362,8 +370,10 @@ def draw_figure1(settings: dict, outdir: str, out: str) -> None:
                 continue
             xs = model_samples(sel.model, len(truth.x), generator(settings, "figure1", name, method))
             ax.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.5, color=SAMPLE_COLOUR, linewidths=0)
-            knn = f", kNN = {sel.row['knn_test']:.3g}" if "knn_test" in sel.row else ""
-            ax.set_title(f"{dataset_title(name)}: {sel.describe(short=True)}{knn}")
+            knn = f"smooth-kNN (test) = {sel.row['knn_test']:.3g}" if "knn_test" in sel.row else ""
+            r_ = sel.row
+            ax.set_title(f"{dataset_title(name)}: {method_label(method)} [{r_['setting']}] samples\n"
+                         f"version {VERSION}, restart {int(r_['restart'])} ({r_['init']} init)\n{knn}")
         for ax in axes[r]:
             if ax.has_data():
                 ax.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
@@ -435,13 +445,13 @@ def draw_latent(settings: dict, outdir: str, out: str, dataset: str) -> None:
            title="test data (first two of 5 coordinates)")
     post_true = P.exact_posterior_1d(P.ground_truth_log_likelihood(truth.decoder, truth.noise_variance),
                                      x_sel, zg).numpy()
+    axes[0, 1].set_ylabel(f"ground truth: K = 1, $\\sigma^2$ = {truth.noise_variance:g}\ndensity")
     for k, i in enumerate(points):
         ax = axes[0, k + 1]
         ax.plot(zg, post_true[k], color=POINT_COLOURS[k], lw=1.6)
         ax.axvline(truth.z[i], color="0.3", ls=":", lw=1)
-        ax.set(xlim=Z_PLOT, xlabel="z", title=f"ground truth (K=1, $\\sigma^2$={truth.noise_variance:g}): "
-                                              f"{point_label(truth, i, k)}\ntrue z = {truth.z[i]:.2f}, "
-                                              f"{multimodal_note(scores[k], picked[k])}")
+        ax.set(xlim=Z_PLOT, xlabel="z", title=f"{point_label(truth, i, k)}, true z = {truth.z[i]:.2f}\n"
+                                              f"true decoder; {multimodal_note(scores[k], picked[k])}")
     # one row per K: the VAE's samples, then its exact posteriors at the same points
     for r, K in enumerate(dims, start=1):
         sel = load_selected(outdir, table, "latent", dataset, "vae", latent_dim=K)
@@ -476,7 +486,7 @@ def draw_latent(settings: dict, outdir: str, out: str, dataset: str) -> None:
                 ax.plot(zg, q[k], "k--", lw=1.2, label="$q_\\phi(z|x)$")
                 ax.set(xlim=Z_PLOT, xlabel="z")
                 if k == 0:
-                    ax.legend(loc="upper left", fontsize=7)
+                    ax.legend(loc="best", fontsize=7)
             elif K in (2, 3):
                 grid_axes, dens = posterior_kd(decoder, log_s2, x_sel[k], K)
                 dens2 = dens if K == 2 else P.marginal_12(dens.unsqueeze(0), grid_axes)[0]
@@ -490,6 +500,7 @@ def draw_latent(settings: dict, outdir: str, out: str, dataset: str) -> None:
                  f"for K = {', '.join(map(str, dims))} (version {VERSION}); dashed: encoder $q_\\phi(z|x)$ "
                  "(K >= 2: its 1 and 2 sd ellipses)\nThe paper's claim to check here: "
                  "\"posteriors get simpler as K grows and $\\sigma^2$ shrinks\"", fontweight="bold")
+    fig.supxlabel(MODE_NOTE, fontsize=8, color="0.3")
     save(fig, out)
 
 
@@ -501,7 +512,6 @@ def draw_figure(settings: dict, figure: str, outdir: str, out: str, dataset: str
     figure: 'panels' (needs dataset and method; the unsupervised experiment, Figures 6-14),
             'figure1' (Figure 1), or 'latent' (needs dataset, e.g. 'clusters-5d'; Figures 21-22).
     """
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     if figure == "panels":
         if dataset is None or method is None:
             raise ValueError("figure 'panels' needs --dataset and --method")

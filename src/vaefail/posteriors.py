@@ -22,7 +22,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch

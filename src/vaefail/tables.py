@@ -39,6 +39,7 @@ def table1(selected: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
+LATENT_ORDER = ["figure-8-5d", "clusters-5d"]   # the paper's column order
 TABLE2_ROWS = {  # row label suffix -> column of the selected restarts
     "test -ELBO": "neg_objective_test",
     "test avg_i I(x; z_i)": "mi_test_mean",
@@ -53,7 +54,7 @@ def table2(selected: pd.DataFrame) -> pd.DataFrame:
     cells = []
     for method in ("vae", "iwae"):
         for label, column in TABLE2_ROWS.items():
-            for dataset in selected["dataset"].unique():
+            for dataset in [d for d in LATENT_ORDER if d in set(selected["dataset"])]:
                 for k in sorted(selected["latent_dim"].unique()):
                     rows = selected[(selected["method"] == method) & (selected["dataset"] == dataset)
                                     & (selected["latent_dim"] == k)]
@@ -91,7 +92,7 @@ def to_latex(cells: pd.DataFrame, caption: str, label: str) -> str:
     columns = list(dict.fromkeys(cells["column"]))
     lines = ["\\begin{table}[htbp]", "\\centering", "\\small",
              f"\\caption{{{caption}}}", f"\\label{{{label}}}",
-             "\\resizebox{\\linewidth}{!}{%",
+             "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
              "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
              " & ".join([""] + [_tex_escape(c) for c in columns]) + " \\\\", "\\midrule"]
     for row, frame in cells.groupby("row", sort=False):

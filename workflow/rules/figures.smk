@@ -6,6 +6,8 @@ rule figure_panels:
         settings=SETTINGS_JSON,
         selected=out("selected/unsupervised.csv"),
         weights=panel_runs,
+        surrogate=surrogate_of,
+        data=out(grid.data_path("{dataset}", 0)),
     output:
         pdf=out("figures/panels/{dataset}-{method}.pdf"),
         png=out("figures/panels/{dataset}-{method}.png"),
@@ -26,6 +28,8 @@ rule figure1:
         settings=SETTINGS_JSON,
         selected=out("selected/unsupervised.csv"),
         weights=run_files("unsupervised", ".pt"),
+        surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"]],
+        data=[out(grid.data_path(d, 0)) for d in SETTINGS["unsupervised_datasets"]],
     output:
         pdf=out("figures/figure1.pdf"),
         png=out("figures/figure1.png"),
@@ -46,6 +50,8 @@ rule figure_latent:
         settings=SETTINGS_JSON,
         selected=out("selected/latent.csv"),
         weights=run_files("latent", ".pt"),
+        surrogate=surrogate_of,
+        data=out(grid.data_path("{dataset}", 0)),
     output:
         pdf=out("figures/latent/{dataset}.pdf"),
         png=out("figures/latent/{dataset}.png"),
