@@ -11,6 +11,17 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 
 
+# Light aggregation steps run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    select,
+    table,
+    figure_panels,
+    figure1,
+    figure_latent,
+    paper,
+
+
 rule all:
     input:
         PAPER_TARGETS,

@@ -24,7 +24,9 @@ from .model import VAEEnsemble
 from .nets import FlatParameters, StackedMLP, uniform_init
 from .provenance import provenance
 from .surrogate import fit_surrogate
-from .train import LinSettings, MemberRandomness, TrainSettings, derive_seed, train_ensemble
+from .posteriors import ground_truth_log_likelihood, kl_optimal_gaussians, log_evidence_1d
+from .train import (LinSettings, MemberRandomness, TrainSettings, derive_seed, fit_encoder_to_gaussians,
+                    train_ensemble)
 
 log = logging.getLogger("vaefail.jobs")
 
@@ -32,7 +34,15 @@ log = logging.getLogger("vaefail.jobs")
 # with many samples slows down (shared/notes/measured-facts.md), so large ensembles are
 # trained in chunks of members one after another.  GPUs take whole ensembles.
 CPU_ROWS_PER_CHUNK = 20_000
-RANDOM_INIT_SIGMA2 = 1.0   # learned sigma^2 of randomly initialised restarts starts here
+RANDOM_INIT_SIGMA2 = 1.0
+# phi_GT warm start (see fit_gt_encoders): the optimal Gaussians of this many training points,
+# with variances floored (transition points have near-zero posterior width), fitted with a
+# cosine-decayed rate from this value; the ELBO phase that follows uses a smaller rate than
+# training, since a few steps of size 1e-3 throw narrow q's across the decoder's steps.
+GT_ENCODER_TARGET_POINTS = 2000
+GT_TARGET_MIN_LOG_VAR = math.log(1e-4)
+GT_WARMSTART_LEARNING_RATE = 3e-3
+GT_ELBO_LEARNING_RATE_FACTOR = 0.1   # learned sigma^2 of randomly initialised restarts starts here
 
 
 # --- file helpers ----------------------------------------------------------------------
@@ -104,8 +114,7 @@ class GroundTruthDecoder:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
-        with torch.no_grad():
-            out = self.net(self.params, z.reshape(1, -1, 1).to(torch.float64)).reshape(*lead, 2)
+        out = self.net(self.params, z.reshape(1, -1, 1).to(torch.float64)).reshape(*lead, 2)
         return out @ EMBEDDING if self.embedded else out
 
     def decoder_weights(self) -> dict[str, torch.Tensor]:
@@ -192,35 +201,59 @@ def fit_gt_encoders(settings: dict, dataset: str, surrogate_pt: str, data_paths:
                     out_paths: list[str], device: str = "cpu") -> None:
     """Appendix J: the encoder phi_GT maximises the ELBO with the decoder frozen at the
     ground truth and sigma^2 at its true value; the best of `gt_encoder_restarts` random
-    restarts (by validation ELBO) is kept for each data version."""
+    restarts (by validation ELBO) is kept for each data version.
+
+    Half the restarts ("warm") are first fitted to the ELBO-optimal Gaussian of each point's
+    exact posterior (posteriors.kl_optimal_gaussians), then ascend the ELBO at a tenth of
+    the learning rate: from a random encoder, ascent stalls where the true decoder is flat
+    in z (a z on the wrong flat stretch gets no gradient), and full-rate steps throw the
+    narrow q's across the decoder's steps.  The other half ascend the ELBO from random at
+    the full rate, which can find wide q's spanning several posterior modes."""
     dev = torch_device(device)
     ex = example(dataset)
     decoder = GroundTruthDecoder(surrogate_pt, ex.embedded)
-    n_restarts = settings["gt_encoder_restarts"]
+    log_lik = ground_truth_log_likelihood(decoder, ex.noise_variance)
     V = len(data_paths)
-    versions = [v for v in range(V) for _ in range(n_restarts)]
-    rngs = [MemberRandomness(derive_seed(settings["seed"], "gt-encoder", dataset, v, j))
-            for v in range(V) for j in range(n_restarts)]
-    model = build_ensemble(settings, ex, 1, "fixed", rngs, ["random"] * len(rngs), None, None,
-                           versions, dev)
-    _copy_rows(model.decoder, list(range(model.M)), decoder.decoder_weights())
-    version_index = torch.tensor(versions)
     train_x = load_versions(data_paths, "train", torch.float32, dev)
     valid_x = load_versions(data_paths, "valid", torch.float32, dev)
-    train_log = train_ensemble(model, train_x, valid_x, version_index, rngs, TrainSettings(
-        objective="elbo", samples=1, epochs=settings["gt_encoder_epochs"],
-        batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], train_decoder=False))
-    member_valid = valid_x[version_index.to(dev)]
-    valid_elbo = mean_bound(model, member_valid, rngs, "elbo", settings["eval_samples"], 1)
-    valid_elbo[train_log.failed] = -math.inf
+    n_targets = min(train_x.shape[1], GT_ENCODER_TARGET_POINTS)
+    targets = [kl_optimal_gaussians(decoder, ex.noise_variance, train_x[v, :n_targets].double().cpu())
+               for v in range(V)]
+    target_mean = torch.stack([m for m, _ in targets]).unsqueeze(-1).to(train_x)
+    target_log_var = torch.stack([lv for _, lv in targets]).unsqueeze(-1).clamp(min=GT_TARGET_MIN_LOG_VAR)
+    restarts = range(settings["gt_encoder_restarts"])
+    candidates = {v: [] for v in range(V)}   # (valid ELBO, warm?, encoder weights)
+    for warm in (True, False):
+        members = [(v, j) for v in range(V) for j in restarts if (j % 2 == 0) == warm]
+        if not members:
+            continue
+        rngs = [MemberRandomness(derive_seed(settings["seed"], "gt-encoder", dataset, v, j)) for v, j in members]
+        version_index = torch.tensor([v for v, _ in members])
+        model = build_ensemble(settings, ex, 1, "fixed", rngs, ["random"] * len(members), None, None,
+                               version_index.tolist(), dev)
+        _copy_rows(model.decoder, list(range(model.M)), decoder.decoder_weights())
+        if warm:
+            fit_encoder_to_gaussians(model, train_x[:, :n_targets], target_mean, target_log_var.to(train_x),
+                                     version_index, rngs, settings["gt_encoder_warmstart_epochs"],
+                                     settings["batch_size"], GT_WARMSTART_LEARNING_RATE)
+        rate = settings["learning_rate"] * (GT_ELBO_LEARNING_RATE_FACTOR if warm else 1.0)
+        train_log = train_ensemble(model, train_x, valid_x, version_index, rngs, TrainSettings(
+            objective="elbo", samples=1, epochs=settings["gt_encoder_epochs"],
+            batch_size=settings["batch_size"], learning_rate=rate, train_decoder=False))
+        valid_elbo = mean_bound(model, valid_x[version_index.to(dev)], rngs, "elbo", settings["eval_samples"], 1)
+        valid_elbo[train_log.failed] = -math.inf
+        for m, (v, _) in enumerate(members):
+            weights = {name: view[m].detach().cpu().clone() for name, view in model.encoder.views.items()}
+            candidates[v].append((float(valid_elbo[m]), warm, weights))
     for v, path in enumerate(out_paths):
-        rows = [m for m in range(model.M) if versions[m] == v]
-        best = max(rows, key=lambda m: float(valid_elbo[m]))
-        weights = {name: view[best].detach().cpu().clone() for name, view in model.encoder.views.items()}
-        record = {"dataset": dataset, "version": v, "chosen_restart": rows.index(best),
-                  "valid_elbo": [float(valid_elbo[m]) for m in rows],
+        best = max(range(len(candidates[v])), key=lambda i: candidates[v][i][0])
+        record = {"dataset": dataset, "version": v, "chosen_restart": best,
+                  "warm_started": [c[1] for c in candidates[v]],
+                  "valid_elbo": [c[0] for c in candidates[v]],
+                  # the ground truth's exact log-likelihood: the ELBO's gap to it is what phi_GT leaves
+                  "valid_exact_log_px": float(log_evidence_1d(log_lik, valid_x[v].double().cpu()).mean()),
                   "provenance": provenance(settings, device)}
-        save_torch(path, {"encoder": weights, "record": record})
+        save_torch(path, {"encoder": candidates[v][best][2], "record": record})
         write_json(Path(path).with_suffix(".json"), record)
 
 

@@ -54,7 +54,8 @@ def table2(selected: pd.DataFrame) -> pd.DataFrame:
     cells = []
     for method in ("vae", "iwae"):
         for label, column in TABLE2_ROWS.items():
-            for dataset in [d for d in LATENT_ORDER if d in set(selected["dataset"])]:
+            present = list(selected["dataset"].unique())
+            for dataset in sorted(present, key=lambda d: LATENT_ORDER.index(d) if d in LATENT_ORDER else 99):
                 for k in sorted(selected["latent_dim"].unique()):
                     rows = selected[(selected["method"] == method) & (selected["dataset"] == dataset)
                                     & (selected["latent_dim"] == k)]

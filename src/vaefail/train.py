@@ -162,6 +162,39 @@ def train_ensemble(model: VAEEnsemble, train_x: torch.Tensor, valid_x: torch.Ten
                     seconds=time.perf_counter() - start, history=history)
 
 
+def fit_encoder_to_gaussians(model: VAEEnsemble, train_x: torch.Tensor, target_mean: torch.Tensor,
+                             target_log_var: torch.Tensor, version_of_member: torch.Tensor,
+                             rngs: list[MemberRandomness], epochs: int, batch_size: int,
+                             learning_rate: float, members: torch.Tensor | None = None) -> None:
+    """Fit each member's (or each member in the boolean mask `members`) encoder q(z|x) to given Gaussians N(m(x), v(x)) by minimising
+    KL[q(z|x) || N(m(x), v(x))] averaged over points (cosine-decayed learning rate).
+
+    A warm start for the encoder of a ground-truth decoder: where the decoder is flat in z
+    (the dots of Spiral-Dots, the clusters of Clusters) a z on the wrong flat stretch gets
+    no gradient from the ELBO, so ascent from a random encoder stalls far from the optimum.
+    This KL weighs errors by the target's precision, as the ELBO does.
+    train_x: (V, N, D); target_*: (V, N, K) per data version.
+    """
+    M, N, B = model.M, train_x.shape[1], batch_size
+    device = model.encoder.flat.device
+    rows = version_of_member.to(device).view(M, 1)
+    opt = MaskedAdam(model.encoder, lr=learning_rate)
+    update = torch.ones(M, dtype=torch.bool) if members is None else members
+    steps, total = 0, epochs * (N // B)
+    for _ in range(epochs):
+        order = torch.stack([torch.randperm(N, generator=r.shuffle) for r in rngs]).to(device)
+        for step in range(N // B):
+            opt.hyper["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * steps / total))
+            idx = order[:, step * B:(step + 1) * B]
+            mu, log_var = model.encode(train_x[rows, idx])
+            m, lv = target_mean[rows, idx], target_log_var[rows, idx]
+            kl = 0.5 * (lv - log_var + (log_var.exp() + (mu - m) ** 2) / lv.exp() - 1).sum(-1).mean(1)
+            model.encoder.zero_grad()
+            kl.sum().backward()
+            opt.step(update)
+            steps += 1
+
+
 def _backward(model: VAEEnsemble, total: torch.Tensor) -> None:
     model.encoder.zero_grad()
     model.decoder.zero_grad()
