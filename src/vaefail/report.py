@@ -119,6 +119,20 @@ def surrogate_rows(outdir: Path, settings: dict) -> str:
     return "\n".join(rows)
 
 
+def gt_encoder_rows(outdir: Path, settings: dict) -> str:
+    """Validation ELBO of the chosen phi_GT against the ground truth's exact log-likelihood."""
+    from .grid import all_datasets
+    rows = []
+    for dataset in all_datasets(settings):
+        records = [json.loads(p.read_text()) for p in sorted((outdir / "gt_encoders" / dataset).glob("v*.json"))]
+        if not records:
+            continue
+        elbo = np.mean([r["valid_elbo"][r["chosen_restart"]] for r in records])
+        exact = np.mean([r["valid_exact_log_px"] for r in records])
+        rows.append(f"{tex(dataset)} & {elbo:.3f} & {exact:.3f} & {exact - elbo:.3f} \\\\")
+    return "\n".join(rows)
+
+
 def run_time_rows(outdir: Path) -> tuple[str, float]:
     """Wall-clock seconds of the training jobs, from Snakemake's benchmark files."""
     totals: dict[str, float] = {}
@@ -182,6 +196,7 @@ def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
         f"\\newcommand{{\\SettingsRows}}{{{settings_rows(settings)}}}",
         f"\\newcommand{{\\SurrogateRows}}{{{surrogate_rows(outdir, settings)}}}",
         f"\\newcommand{{\\RunTimeRows}}{{{time_rows}}}",
+        f"\\newcommand{{\\GtEncoderRows}}{{{gt_encoder_rows(outdir, settings)}}}",
         f"\\newcommand{{\\ComparisonRows}}{{{comparison_rows(tables)}}}",
         f"\\newcommand{{\\ClaimRows}}{{{claim_rows}}}",
         f"\\newcommand{{\\PanelFigures}}{{{panel_figures(settings, outdir)}}}",

@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # Jobs run `python`: the interpreter that runs Snakemake (e.g. .venv/bin), unless a conda
 # environment (--sdm conda) puts its own first on PATH.
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
 
 from snakemake.exceptions import WorkflowError
 from vaefail import config as vconfig
