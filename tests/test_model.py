@@ -2,7 +2,6 @@
 posterior and marginal likelihood are exact."""
 import math
 
-import pytest
 import torch
 
 from vaefail.model import (elbo, encoder_mutual_information, iwae_bound, kl_to_standard_normal,

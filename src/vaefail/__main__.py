@@ -33,24 +33,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--surrogate", required=True)
     c.add_argument("--out", nargs="+", required=True)
 
-    c = command("gt-encoders", "fit encoders to the frozen ground-truth decoder")
-    c.add_argument("--dataset", required=True)
-    c.add_argument("--surrogate", required=True)
-    c.add_argument("--data", nargs="+", required=True)
-    c.add_argument("--out", nargs="+", required=True)
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--threads", type=int, default=1)
+    def training_command(name, help_text):
+        c = command(name, help_text)
+        c.add_argument("--dataset", required=True)
+        c.add_argument("--surrogate", required=True)
+        c.add_argument("--data", nargs="+", required=True, help="every version of the data set")
+        c.add_argument("--device", default="cpu")
+        c.add_argument("--threads", type=int, default=1)
+        return c
 
-    c = command("train", "train all restarts of one setting as one batched ensemble")
+    c = training_command("gt-encoders", "fit encoders to the frozen ground-truth decoder")
+    c.add_argument("--out", nargs="+", required=True)
+
+    c = training_command("train", "train all restarts of one setting as one batched ensemble")
     c.add_argument("--experiment", required=True)
-    c.add_argument("--dataset", required=True)
     c.add_argument("--setting", required=True)
-    c.add_argument("--surrogate", required=True)
-    c.add_argument("--data", nargs="+", required=True)
     c.add_argument("--gt-encoders", nargs="*", default=[])
     c.add_argument("--out-stems", nargs="+", required=True)
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--threads", type=int, default=1)
 
     c = command("select", "pick the best restart and hyperparameters of an experiment")
     c.add_argument("--experiment", required=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .metrics import ksg_mutual_information, smooth_knn_statistic
-from .model import (OBJECTIVES, VAEEnsemble, elbo, log_importance_weights,
+from .model import (OBJECTIVES, VAEEnsemble, log_importance_weights,
                     sigma2_closed_form)
 
 DATA_CHUNK = 250   # data points per chunk of many-sample evaluations (bounds memory)

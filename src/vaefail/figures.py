@@ -463,7 +463,6 @@ def draw_latent(settings: dict, outdir: str, out: str, dataset: str) -> None:
                 axes[r, k + 1].set_title(f"K = {K}: {point_label(truth, points[k], k)}")
                 empty_panel(axes[r, k + 1], sel.note)
             continue
-        s2 = fmt_sigma2(sel.sigma2)
         xs = model_samples(sel.model, len(truth.x), generator(settings, "latent", dataset, K))
         ax.scatter(*truth.x[:, :2].T, s=marker_size(len(truth.x)), alpha=0.3, color=DATA_COLOUR, linewidths=0, label="data")
         ax.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.3, color=SAMPLE_COLOUR, linewidths=0, label="VAE samples")

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
