@@ -4,7 +4,7 @@ import torch
 
 from vaefail.model import VAEEnsemble
 from vaefail.nets import FlatParameters, MaskedAdam, StackedMLP, uniform_init
-from vaefail.train import LinSettings, MemberRandomness, TrainSettings, train_ensemble
+from vaefail.train import LinSettings, MemberRandomness, TrainSettings, train_vae
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -76,7 +76,7 @@ def test_batched_training_equals_training_each_member_alone(case):
     seeds = [11, 12, 13]
     versions = torch.tensor([0, 1, 1])
     batched, rngs = _ensemble(seeds, sigma2_mode)
-    log = train_ensemble(batched, train_x, valid_x, versions, rngs, settings, progress_every=1e9)
+    log = train_vae(batched, train_x, valid_x, versions, rngs, settings, progress_every=1e9)
     assert not log.failed.any()
     if settings.lin is not None:
         assert log.inner_steps.sum() > 0
@@ -84,7 +84,7 @@ def test_batched_training_equals_training_each_member_alone(case):
         assert len(set(log.inner_steps.tolist())) > 1 or len(set(log.aggressive_epochs.tolist())) > 1
     for m, seed in enumerate(seeds):
         alone, alone_rngs = _ensemble([seed], sigma2_mode)
-        alone_log = train_ensemble(alone, train_x, valid_x, versions[m:m + 1], alone_rngs, settings,
+        alone_log = train_vae(alone, train_x, valid_x, versions[m:m + 1], alone_rngs, settings,
                                    progress_every=1e9)
         assert torch.allclose(batched.encoder.flat[m], alone.encoder.flat[0], rtol=0, atol=1e-10)
         assert torch.allclose(batched.decoder.flat[m], alone.decoder.flat[0], rtol=0, atol=1e-10)
@@ -97,7 +97,7 @@ def test_encoder_only_training_leaves_the_decoder_untouched():
     model, rngs = _ensemble([1, 2])
     decoder_before = model.decoder.flat.clone()
     encoder_before = model.encoder.flat.clone()
-    train_ensemble(model, _data(), _data(gen_seed=1), torch.tensor([0, 1]), rngs, settings, progress_every=1e9)
+    train_vae(model, _data(), _data(gen_seed=1), torch.tensor([0, 1]), rngs, settings, progress_every=1e9)
     assert torch.equal(model.decoder.flat, decoder_before)
     assert not torch.equal(model.encoder.flat, encoder_before)
 
@@ -108,12 +108,12 @@ def test_a_diverging_member_is_marked_failed_and_the_others_are_unaffected():
     model, rngs = _ensemble([21, 22, 23])
     with torch.no_grad():
         model.decoder["dec.W0"][1] = 1e300   # member 1 overflows to inf/NaN at once
-    log = train_ensemble(model, train_x, valid_x, torch.tensor([0, 0, 1]), rngs, settings, progress_every=1e9)
+    log = train_vae(model, train_x, valid_x, torch.tensor([0, 0, 1]), rngs, settings, progress_every=1e9)
     assert log.failed.tolist() == [False, True, False]
     assert log.failed_epoch.tolist() == [-1, 0, -1]
     for m, seed, version in ((0, 21, 0), (2, 23, 1)):
         alone, alone_rngs = _ensemble([seed])
-        train_ensemble(alone, train_x, valid_x, torch.tensor([version]), alone_rngs, settings, progress_every=1e9)
+        train_vae(alone, train_x, valid_x, torch.tensor([version]), alone_rngs, settings, progress_every=1e9)
         assert torch.allclose(model.decoder.flat[m], alone.decoder.flat[0], rtol=0, atol=1e-10)
         assert torch.isfinite(model.encoder.flat[m]).all()
 
@@ -121,5 +121,5 @@ def test_a_diverging_member_is_marked_failed_and_the_others_are_unaffected():
 def test_training_reduces_the_loss():
     settings = TrainSettings(objective="elbo", epochs=30, batch_size=100)
     model, rngs = _ensemble([5, 6])
-    log = train_ensemble(model, _data(), _data(gen_seed=1), torch.tensor([0, 1]), rngs, settings, progress_every=1e9)
+    log = train_vae(model, _data(), _data(gen_seed=1), torch.tensor([0, 1]), rngs, settings, progress_every=1e9)
     assert (log.history[-1] < log.history[0] - 1.0).all()

@@ -21,7 +21,7 @@ from torch import nn
 from .model import VAEEnsemble
 from .nets import uniform_init
 from .runtime import configure_cpu
-from .train import MemberRandomness, TrainSettings, train_ensemble
+from .train import MemberRandomness, TrainSettings, train_vae
 
 HIDDEN = [50, 50, 50]
 BATCH = 100
@@ -93,10 +93,10 @@ def batched(members: int, samples: int, epochs: int) -> float:
     x = _data(2000).unsqueeze(0)
     settings = TrainSettings(objective="iwae" if samples > 1 else "elbo", samples=samples,
                              epochs=epochs, batch_size=BATCH)
-    train_ensemble(model, x, x, torch.zeros(members, dtype=torch.long), rngs,
+    train_vae(model, x, x, torch.zeros(members, dtype=torch.long), rngs,
                    TrainSettings(objective=settings.objective, samples=samples, epochs=1), progress_every=1e9)
     start = time.perf_counter()
-    train_ensemble(model, x, x, torch.zeros(members, dtype=torch.long), rngs, settings, progress_every=1e9)
+    train_vae(model, x, x, torch.zeros(members, dtype=torch.long), rngs, settings, progress_every=1e9)
     return members * 20 * epochs / (time.perf_counter() - start)
 
 

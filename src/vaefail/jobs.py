@@ -25,7 +25,7 @@ from .provenance import provenance
 from .surrogate import fit_surrogate
 from .posteriors import ground_truth_log_likelihood, kl_optimal_gaussians, log_evidence_1d
 from .train import (LinSettings, MemberRandomness, TrainSettings, derive_seed, fit_encoder_to_gaussians,
-                    train_ensemble)
+                    train_vae)
 
 log = logging.getLogger("vaefail.jobs")
 
@@ -236,7 +236,7 @@ def fit_gt_encoders(settings: dict, dataset: str, surrogate_pt: str, data_paths:
                                      version_index, rngs, settings["gt_encoder_warmstart_epochs"],
                                      settings["batch_size"], GT_WARMSTART_LEARNING_RATE)
         rate = settings["learning_rate"] * (GT_ELBO_LEARNING_RATE_FACTOR if warm else 1.0)
-        train_log = train_ensemble(model, train_x, valid_x, version_index, rngs, TrainSettings(
+        train_log = train_vae(model, train_x, valid_x, version_index, rngs, TrainSettings(
             objective="elbo", samples=1, epochs=settings["gt_encoder_epochs"],
             batch_size=settings["batch_size"], learning_rate=rate, train_decoder=False))
         valid_elbo = mean_bound(model, valid_x[version_index.to(dev)], rngs, "elbo", settings["eval_samples"], 1)
@@ -291,7 +291,7 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
         model = build_ensemble(settings, ex, setting.latent_dim, setting.sigma2_mode, rngs,
                                [inits[i] for i in chunk], gt_decoder, gt_encoders, versions, dev)
         version_index = torch.tensor(versions)
-        train_log = train_ensemble(model, data["train"], data["valid"], version_index, rngs, train_settings)
+        train_log = train_vae(model, data["train"], data["valid"], version_index, rngs, train_settings)
         member_data = {split: x[version_index.to(dev)] for split, x in data.items()}
         results = evaluate_members(model, member_data, rngs, objective=setting.objective,
                                    samples=setting.samples, settings=settings, failed=train_log.failed)

@@ -80,31 +80,99 @@ class TrainLog:
     history: list = field(default_factory=list)  # per epoch: mean loss of each member
 
 
-def _member_noise(rngs, shape, dtype, device, members=None):
+def member_noise(rngs, shape, dtype, device, members=None, purpose="noise"):
     """Stack one standard-normal draw of `shape` per member, each from its own generator."""
     members = range(len(rngs)) if members is None else members
-    draws = [torch.randn(shape, generator=rngs[m].noise, dtype=dtype) for m in members]
+    draws = [torch.randn(shape, generator=getattr(rngs[m], purpose), dtype=dtype) for m in members]
     return torch.stack(draws).to(device)
 
 
-def train_ensemble(model: VAEEnsemble, train_x: torch.Tensor, valid_x: torch.Tensor,
-                   version_of_member: torch.Tensor, rngs: list[MemberRandomness],
-                   settings: TrainSettings, progress_every: float = 10.0) -> TrainLog:
-    """Train all members of `model` in place.
+def masked_noise(rngs, members, M, shape, dtype, device, purpose="lin"):
+    """(M, *shape) noise drawn only for `members` (zeros elsewhere), so that a member's
+    generator is consumed exactly as if it were trained alone."""
+    out = torch.zeros(M, *shape, dtype=dtype, device=device)
+    if members:
+        out[members] = member_noise(rngs, shape, dtype, device, members, purpose)
+    return out
+
+
+def random_batches(rngs, members, M, n, batch_size, device, purpose="lin"):
+    """(M, B) indices of B distinct random points of n, drawn only for `members`."""
+    idx = torch.zeros(M, batch_size, dtype=torch.long, device=device)
+    if members:
+        idx[members] = torch.stack([torch.randperm(n, generator=getattr(rngs[m], purpose))[:batch_size]
+                                    for m in members]).to(device)
+    return idx
+
+
+class VAETask:
+    """Unsupervised VAE/IWAE training data and objective, as train_ensemble uses them.
 
     train_x: (V, N, D) training data of each dataset version; member m uses version
     `version_of_member[m]`.  valid_x: (V, N_valid, D), used by LIN's mutual-information check.
     """
-    M, K, S, B = model.M, model.K, settings.samples, settings.batch_size
-    device, dtype = model.encoder.flat.device, model.encoder.flat.dtype
-    N = train_x.shape[1]
-    if N % B:
-        raise ValueError(f"the training set size {N} is not a multiple of batch_size={B}")
-    steps_per_epoch = N // B
-    objective = OBJECTIVES[settings.objective]
-    version_of_member = version_of_member.to(device)
-    rows = version_of_member.view(M, 1)
 
+    def __init__(self, objective: str, samples: int, train_x: torch.Tensor, valid_x: torch.Tensor,
+                 version_of_member: torch.Tensor, batch_size: int, latent_dim: int):
+        N, B = train_x.shape[1], batch_size
+        if N % B:
+            raise ValueError(f"the training set size {N} is not a multiple of batch_size={B}")
+        self.objective, self.S, self.K, self.B = OBJECTIVES[objective], samples, latent_dim, B
+        self.train_x, self.valid_x = train_x, valid_x
+        self.rows = version_of_member.to(train_x.device).view(-1, 1)
+        self.steps_per_epoch = N // B
+
+    def start_epoch(self, rngs) -> None:
+        dtype, device = self.train_x.dtype, self.train_x.device
+        self.order = torch.stack([torch.randperm(self.train_x.shape[1], generator=r.shuffle)
+                                  for r in rngs]).to(device)
+        self.noise = member_noise(rngs, (self.steps_per_epoch, self.B, self.S, self.K), dtype, device)
+
+    def select_batch(self, step: int) -> None:
+        B = self.B
+        self.batch = self.inner_batch = self.train_x[self.rows, self.order[:, step * B:(step + 1) * B]]
+
+    def loss(self, model, step: int) -> torch.Tensor:
+        return -self.objective(model, self.batch, self.noise[:, step]).mean(1)
+
+    def inner_loss(self, model, rngs, members: list[int]) -> torch.Tensor:
+        eps = masked_noise(rngs, members, model.M, (self.B, 1, self.K), self.train_x.dtype, self.train_x.device)
+        return -elbo(model, self.inner_batch, eps).mean(1)
+
+    def draw_inner_batch(self, rngs, members: list[int]) -> None:
+        idx = random_batches(rngs, members, len(self.rows), self.train_x.shape[1], self.B, self.train_x.device)
+        self.inner_batch = self.train_x[self.rows, idx]
+
+    @torch.no_grad()
+    def mutual_information(self, model, rngs, members: list[int]) -> torch.Tensor:
+        """Mean over validation minibatches of He et al.'s I_q(x; z) estimate, (M,) on CPU."""
+        n_valid, B = self.valid_x.shape[1], self.B
+        eps = masked_noise(rngs, members, model.M, (n_valid, self.K), self.valid_x.dtype, self.valid_x.device)
+        member_valid = self.valid_x[self.rows.view(-1)]
+        total = torch.zeros(model.M, dtype=torch.float64)
+        for start in range(0, n_valid, B):
+            sl = slice(start, min(start + B, n_valid))
+            mi = encoder_mutual_information(model, member_valid[:, sl], eps[:, sl])
+            total += mi.cpu().to(torch.float64) * (sl.stop - sl.start)
+        return total / n_valid
+
+
+def train_vae(model: VAEEnsemble, train_x, valid_x, version_of_member, rngs, settings: TrainSettings,
+              progress_every: float = 10.0) -> TrainLog:
+    """Train a VAE/IWAE/LIN ensemble in place (see VAETask for the data layout)."""
+    task = VAETask(settings.objective, settings.samples, train_x, valid_x, version_of_member,
+                   settings.batch_size, model.K)
+    return train_ensemble(model, task, rngs, settings, progress_every)
+
+
+def train_ensemble(model, task, rngs: list[MemberRandomness], settings: TrainSettings,
+                   progress_every: float = 10.0) -> TrainLog:
+    """Train all members of `model` in place on `task` (VAETask, or m2.M2Task).
+
+    `model.encoder` holds the inference networks, `model.decoder` the generative ones.
+    """
+    M = model.M
+    device = model.encoder.flat.device
     enc_opt = MaskedAdam(model.encoder, lr=settings.learning_rate)
     dec_opt = MaskedAdam(model.decoder, lr=settings.learning_rate) if settings.train_decoder else None
     model.decoder.set_requires_grad(settings.train_decoder)
@@ -121,15 +189,13 @@ def train_ensemble(model: VAEEnsemble, train_x: torch.Tensor, valid_x: torch.Ten
     start = last_report = time.perf_counter()
 
     for epoch in range(settings.epochs):
-        order = torch.stack([torch.randperm(N, generator=r.shuffle) for r in rngs]).to(device)
-        noise = _member_noise(rngs, (steps_per_epoch, B, S, K), dtype, device)
+        task.start_epoch(rngs)
         epoch_loss = torch.zeros(M, dtype=torch.float64, device=device)
-        for step in range(steps_per_epoch):
-            x = train_x[rows, order[:, step * B:(step + 1) * B]]
+        for step in range(task.steps_per_epoch):
+            task.select_batch(step)
             if lin is not None and bool(aggressive.any()):
-                inner_total += _lin_inner_loop(model, enc_opt, x, train_x, rows, rngs,
-                                               aggressive & ~failed, lin, B).cpu()
-            loss = -objective(model, x, noise[:, step]).mean(1)
+                inner_total += _lin_inner_loop(model, task, enc_opt, rngs, aggressive & ~failed, lin).cpu()
+            loss = task.loss(model, step)
             failed |= ~torch.isfinite(loss.detach())
             _backward(model, torch.where(failed, 0.0, loss).sum())
             enc_opt.step(~failed & ~aggressive if settings.train_decoder else ~failed)
@@ -138,10 +204,10 @@ def train_ensemble(model: VAEEnsemble, train_x: torch.Tensor, valid_x: torch.Ten
             epoch_loss += loss.detach().to(torch.float64)
         newly_failed = failed.cpu() & (failed_epoch < 0)
         failed_epoch[newly_failed] = epoch
-        history.append((epoch_loss / steps_per_epoch).cpu())
+        history.append((epoch_loss / task.steps_per_epoch).cpu())
         if lin is not None and bool(aggressive.any()):
             aggressive_epochs += aggressive.cpu().long()
-            mi = _validation_mutual_information(model, valid_x, rows, rngs, aggressive, B)
+            mi = task.mutual_information(model, rngs, aggressive.nonzero().flatten().tolist())
             improved = mi - best_mi >= 0
             best_mi = torch.where(improved & aggressive.cpu(), mi, best_mi)
             mi_misses = torch.where(improved, mi_misses, mi_misses + aggressive.cpu().long())
@@ -201,38 +267,30 @@ def _backward(model: VAEEnsemble, total: torch.Tensor) -> None:
     total.backward()
 
 
-def _lin_inner_loop(model, enc_opt, x, train_x, rows, rngs, active, lin: LinSettings, B):
-    """LIN's aggressive inner loop: encoder-only ELBO steps until the loss stops improving.
+def _lin_inner_loop(model, task, enc_opt, rngs, active, lin: LinSettings):
+    """LIN's aggressive inner loop: inference-network-only steps until the loss stops improving.
 
     Returns the number of inner steps each member took, (M,).
     """
-    M, K, N = model.M, model.K, train_x.shape[1]
-    device, dtype = x.device, x.dtype
+    M = model.M
+    device = model.encoder.flat.device
     active = active.clone()
     steps_taken = torch.zeros(M, dtype=torch.long, device=device)
     previous = torch.full((M,), LIN_INITIAL_PREVIOUS_LOSS, dtype=torch.float64, device=device)
     running = torch.zeros(M, dtype=torch.float64, device=device)
     model.decoder.set_requires_grad(False)
-    batch = x
     sub_iter = 1
     while sub_iter < LIN_MAX_INNER_STEPS:
         members = active.nonzero().flatten().tolist()
         if not members:
             break
-        eps = torch.zeros(M, B, 1, K, dtype=dtype, device=device)
-        eps[members] = torch.stack([torch.randn(B, 1, K, generator=rngs[m].lin, dtype=dtype)
-                                    for m in members]).to(device)
-        loss = -elbo(model, batch, eps).mean(1)
+        loss = task.inner_loss(model, rngs, members)
         ok = active & torch.isfinite(loss.detach())
         running += torch.where(active, loss.detach().to(torch.float64), 0.0)
         _backward(model, torch.where(ok, loss, 0.0).sum())
         enc_opt.step(ok)
         steps_taken += active.long()
-        # The next inner batch: B distinct random training points, drawn per active member.
-        idx = torch.zeros(M, B, dtype=torch.long, device=device)
-        idx[members] = torch.stack([torch.randperm(N, generator=rngs[m].lin)[:B]
-                                    for m in members]).to(device)
-        batch = train_x[rows, idx]
+        task.draw_inner_batch(rngs, members)   # as in He et al.: B distinct random training points
         if sub_iter % lin.inner_steps == 0:
             current = running / lin.inner_steps
             active &= (previous - current) >= lin.threshold
@@ -240,23 +298,3 @@ def _lin_inner_loop(model, enc_opt, x, train_x, rows, rngs, active, lin: LinSett
         sub_iter += 1
     model.decoder.set_requires_grad(True)
     return steps_taken
-
-
-@torch.no_grad()
-def _validation_mutual_information(model, valid_x, rows, rngs, aggressive, B):
-    """Mean over validation minibatches of He et al.'s I_q(x; z) estimate, (M,) on CPU."""
-    M, K = model.M, model.K
-    device, dtype = valid_x.device, valid_x.dtype
-    members = aggressive.nonzero().flatten().tolist()
-    n_valid = valid_x.shape[1]
-    total = torch.zeros(M, dtype=torch.float64)
-    n_batches = math.ceil(n_valid / B)
-    eps = torch.zeros(M, n_valid, K, dtype=dtype, device=device)
-    eps[members] = torch.stack([torch.randn(n_valid, K, generator=rngs[m].lin, dtype=dtype)
-                                for m in members]).to(device)
-    member_valid = valid_x[rows.view(-1)]
-    for b in range(n_batches):
-        sl = slice(b * B, min((b + 1) * B, n_valid))
-        mi = encoder_mutual_information(model, member_valid[:, sl], eps[:, sl])
-        total += mi.cpu().to(torch.float64) * (sl.stop - sl.start)
-    return total / n_valid
