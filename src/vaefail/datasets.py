@@ -79,12 +79,22 @@ def spiral_dots(z: torch.Tensor) -> torch.Tensor:
     return torch.stack([t * torch.cos(t), t * torch.sin(t)], -1)
 
 
+def _normal_grid(points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A z-grid on [-6, 6] with N(0, 1)-density quadrature weights summing to 1."""
+    grid = torch.linspace(-6.0, 6.0, points, dtype=torch.float64)
+    weights = torch.exp(-0.5 * grid ** 2)
+    return grid, weights / weights.sum()
+
+
 @dataclass(frozen=True)
 class Example:
+    """An unsupervised example: decoder input is z (1-D)."""
+
     name: str
     decoder: Callable[[torch.Tensor], torch.Tensor]
     noise_variance: float
     embedded: bool = False     # the 5-D linear embedding of appendix F
+    input_dim: int = 1         # width of the decoder network's input
 
     @property
     def base(self) -> str:
@@ -94,6 +104,17 @@ class Example:
     @property
     def data_dim(self) -> int:
         return EMBEDDING.shape[1] if self.embedded else 2
+
+    # The surrogate fit sees the decoder as a map from network inputs to x-means.
+    def sample_inputs(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        return torch.randn(n, 1, generator=gen, dtype=torch.float64)
+
+    def quadrature(self, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+        grid, weights = _normal_grid(points)
+        return grid.unsqueeze(-1), weights
+
+    def decoder_of_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.decoder(inputs)
 
 
 _BASE = {
@@ -110,11 +131,106 @@ TITLES = {"figure-8": "Figure-8", "circle": "Circle", "absolute-value": "Absolut
           "clusters": "Clusters", "spiral-dots": "Spiral-Dots"}
 
 
-def example(name: str) -> Example:
+def example(name: str):
+    """The Example or SemiSupervisedExample of this name."""
     try:
-        return EXAMPLES[name]
+        return {**EXAMPLES, **SEMI_SUPERVISED}[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(EXAMPLES)}") from None
+        known = ", ".join([*EXAMPLES, *SEMI_SUPERVISED])
+        raise ValueError(f"unknown data set {name!r}; known: {known}") from None
+
+
+# --- semi-supervised examples (appendix I) ------------------------------------------------
+def _semicircle_angle(weight_sqrt: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """pi * (w sqrt(Phi(z)) + (1 - w) Phi(z)^3): w = 1 and w = 0 are the two halves' laws."""
+    u = Phi(z)
+    return math.pi * (weight_sqrt * torch.sqrt(u) + (1 - weight_sqrt) * u ** 3)
+
+
+def discrete_semicircle(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Eq. 38: y in {0, 1} picks sqrt(Phi(z)) or Phi(z)^3 as the position on the upper semi-circle."""
+    angle = _semicircle_angle((y == 0).to(z.dtype), z)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+
+
+def beta_inverse_cdf_of_normal(y: torch.Tensor) -> torch.Tensor:
+    """h(y) = B^{-1}(Phi(y); 0.2, 0.2): pushes y ~ N(0,1) to a U-shaped Beta(0.2, 0.2) weight."""
+    from scipy.special import betaincinv
+    u = Phi(y.detach().to(torch.float64)).numpy()
+    return torch.from_numpy(betaincinv(0.2, 0.2, u)).to(y.dtype)
+
+
+def continuous_semicircle(y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Eq. 39: the weight h(y) mixes the two laws of eq. 38 continuously."""
+    angle = _semicircle_angle(beta_inverse_cdf_of_normal(y), z)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], -1)
+
+
+@dataclass(frozen=True)
+class SemiSupervisedExample:
+    """x = f(y, z) + eps with z ~ N(0, 1) and a discrete (Bernoulli(1/2)) or continuous
+    (N(0, 1)) label y.  The decoder network's input is [one-hot(y), z] or [y, z]."""
+
+    name: str
+    closed_form: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    noise_variance: float
+    label_kind: str            # 'discrete' | 'continuous'
+    cohorts: tuple             # the label values whose p(x | y) Tables 4 compares
+    classes: int = 2
+    embedded: bool = False
+    data_dim: int = 2
+
+    @property
+    def base(self) -> str:
+        return self.name
+
+    @property
+    def label_dim(self) -> int:
+        return self.classes if self.label_kind == "discrete" else 1
+
+    @property
+    def input_dim(self) -> int:
+        return self.label_dim + 1
+
+    def encode_label(self, y: torch.Tensor) -> torch.Tensor:
+        """(n,) labels -> (n, label_dim) decoder/encoder input (one-hot, or the value)."""
+        if self.label_kind == "discrete":
+            return torch.nn.functional.one_hot(y.long(), self.classes).to(torch.float64)
+        return y.to(torch.float64).unsqueeze(-1)
+
+    def sample_labels(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        if self.label_kind == "discrete":
+            return torch.randint(0, self.classes, (n,), generator=gen)
+        return torch.randn(n, generator=gen, dtype=torch.float64)
+
+    def sample_inputs(self, gen: torch.Generator, n: int) -> torch.Tensor:
+        y = self.sample_labels(gen, n)
+        return torch.cat([self.encode_label(y), torch.randn(n, 1, generator=gen, dtype=torch.float64)], -1)
+
+    def quadrature(self, points: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.label_kind == "discrete":
+            z, w = _normal_grid(points)
+            inputs = torch.cat([torch.cat([self.encode_label(torch.full_like(z, c)), z.unsqueeze(-1)], -1)
+                                for c in range(self.classes)])
+            return inputs, torch.cat([w / self.classes] * self.classes)
+        side = max(int(math.sqrt(points)), 11)
+        g, w = _normal_grid(side)
+        yy, zz = torch.meshgrid(g, g, indexing="ij")
+        return torch.stack([yy.flatten(), zz.flatten()], -1), (w[:, None] * w[None, :]).flatten()
+
+    def decoder_of_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        z = inputs[..., -1]
+        y = inputs[..., :-1].argmax(-1) if self.label_kind == "discrete" else inputs[..., 0]
+        return self.closed_form(y, z)
+
+
+SEMI_SUPERVISED = {
+    "discrete-semicircle": SemiSupervisedExample("discrete-semicircle", discrete_semicircle, 0.01,
+                                                 "discrete", cohorts=(0, 1)),
+    "continuous-semicircle": SemiSupervisedExample("continuous-semicircle", continuous_semicircle, 0.01,
+                                                   "continuous", cohorts=(-3.5, 3.5)),
+}
+TITLES.update({"discrete-semicircle": "Discrete Semi-Circle", "continuous-semicircle": "Continuous Semi-Circle"})
 
 
 def sample_split(decoder: Callable[[torch.Tensor], torch.Tensor], ex: Example, sizes: dict[str, int],

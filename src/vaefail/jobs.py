@@ -100,7 +100,8 @@ def make_surrogate(settings: dict, base: str, out_pt: str) -> None:
 
 
 class GroundTruthDecoder:
-    """The fitted surrogate as a function z (..., 1) -> x-mean (..., D), embedded if needed."""
+    """The fitted surrogate as a function of its inputs (..., in) -> x-mean (..., D), embedded
+    if needed; the input is z (unsupervised) or [label, z] (semi-supervised)."""
 
     def __init__(self, path: str | Path, embedded: bool = False):
         state = torch.load(path, weights_only=True)
@@ -113,7 +114,7 @@ class GroundTruthDecoder:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
-        out = self.net(self.params, z.reshape(1, -1, 1).to(torch.float64)).reshape(*lead, 2)
+        out = self.net(self.params, z.reshape(1, -1, z.shape[-1]).to(torch.float64)).reshape(*lead, 2)
         return out @ EMBEDDING if self.embedded else out
 
     def decoder_weights(self) -> dict[str, torch.Tensor]:

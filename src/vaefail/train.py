@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .model import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
+from . import m2
 from .nets import MaskedAdam
 
 log = logging.getLogger("vaefail.train")
@@ -298,3 +299,97 @@ def _lin_inner_loop(model, task, enc_opt, rngs, active, lin: LinSettings):
         sub_iter += 1
     model.decoder.set_requires_grad(True)
     return steps_taken
+
+
+class M2Task:
+    """Semi-supervised M2 training (objective J, eq. 4) as train_ensemble uses it.
+
+    data (per data version, stacked on a leading V axis): x_unlabelled (V, N_u, D),
+    x_labelled (V, N_l, D), y_labelled (V, N_l, Y) encoded labels, x_valid (V, N_v, D).
+    Each step sees B unlabelled points and B_l = round(B N_l / N_u) labelled ones, each
+    member cycling through its own permutations; alpha, gamma: (M,) per member.
+    """
+
+    def __init__(self, bound: str, samples: int, data: dict, version_of_member: torch.Tensor,
+                 alpha: torch.Tensor, gamma: torch.Tensor, batch_size: int, labels, latent_dim: int):
+        self.bound, self.S, self.K, self.labels = bound, samples, latent_dim, labels
+        self.data = data
+        device = data["x_unlabelled"].device
+        self.rows = version_of_member.to(device).view(-1, 1)
+        self.alpha, self.gamma = alpha.to(device), gamma.to(device)
+        self.N_u, self.N_l = data["x_unlabelled"].shape[1], data["x_labelled"].shape[1]
+        self.B = min(batch_size, self.N_u)
+        self.B_l = max(1, round(self.B * self.N_l / self.N_u))
+        self.labelled_share = self.N_l / self.N_u
+        self.steps_per_epoch = self.N_u // self.B
+
+    def _noise_shapes(self, n_u, n_l, S):
+        return (n_u, S, self.labels.noise_dim), (n_u, S, self.K), (n_l, S, self.K)
+
+    def start_epoch(self, rngs) -> None:
+        x = self.data["x_unlabelled"]
+        dtype, device, steps = x.dtype, x.device, self.steps_per_epoch
+        self.order_u = torch.stack([torch.randperm(self.N_u, generator=r.shuffle) for r in rngs]).to(device)
+        repeats = -(-steps * self.B_l // self.N_l)
+        self.order_l = torch.stack([torch.cat([torch.randperm(self.N_l, generator=r.shuffle)
+                                               for _ in range(repeats)]) for r in rngs]).to(device)
+        self.noise = [member_noise(rngs, (steps, *shape), dtype, device)
+                      for shape in self._noise_shapes(self.B, self.B_l, self.S)]
+
+    def _gather(self, idx_u, idx_l):
+        d = self.data
+        return (d["x_unlabelled"][self.rows, idx_u], d["x_labelled"][self.rows, idx_l],
+                d["y_labelled"][self.rows, idx_l])
+
+    def select_batch(self, step: int) -> None:
+        B, B_l = self.B, self.B_l
+        self.batch = self.inner_batch = self._gather(self.order_u[:, step * B:(step + 1) * B],
+                                                     self.order_l[:, step * B_l:(step + 1) * B_l])
+
+    def _loss(self, model, batch, bound, noise) -> torch.Tensor:
+        x_u, x_l, y_l = batch
+        eps_y, eps_zu, eps_zl = noise
+        return -m2.objective(model, bound, x_u, eps_y, eps_zu, x_l, y_l, eps_zl,
+                             self.alpha, self.gamma, self.labelled_share)
+
+    def loss(self, model, step: int) -> torch.Tensor:
+        return self._loss(model, self.batch, self.bound, [n[:, step] for n in self.noise])
+
+    def inner_loss(self, model, rngs, members: list[int]) -> torch.Tensor:
+        x = self.data["x_unlabelled"]
+        noise = [masked_noise(rngs, members, model.M, shape, x.dtype, x.device)
+                 for shape in self._noise_shapes(self.B, self.B_l, 1)]
+        return self._loss(model, self.inner_batch, "elbo", noise)   # LIN trains the VAE bounds
+
+    def draw_inner_batch(self, rngs, members: list[int]) -> None:
+        device = self.data["x_unlabelled"].device
+        M = len(self.rows)
+        self.inner_batch = self._gather(random_batches(rngs, members, M, self.N_u, self.B, device),
+                                        random_batches(rngs, members, M, self.N_l, self.B_l, device))
+
+    @torch.no_grad()
+    def mutual_information(self, model, rngs, members: list[int]) -> torch.Tensor:
+        """He et al.'s I_q(x; z) on validation data, for the encoder q(z | x, y) given the
+        discriminator's mean label (class probabilities, or the Gaussian's mean)."""
+        x_valid = self.data["x_valid"]
+        n_valid, B = x_valid.shape[1], self.B
+        eps = masked_noise(rngs, members, model.M, (n_valid, self.K), x_valid.dtype, x_valid.device)
+        member_valid = x_valid[self.rows.view(-1)]
+        total = torch.zeros(model.M, dtype=torch.float64)
+        for start in range(0, n_valid, B):
+            sl = slice(start, min(start + B, n_valid))
+            mi = encoder_mutual_information(_EncoderAtMeanLabel(model), member_valid[:, sl], eps[:, sl])
+            total += mi.cpu().to(torch.float64) * (sl.stop - sl.start)
+        return total / n_valid
+
+
+class _EncoderAtMeanLabel:
+    """q(z | x, y-bar(x)) as an unsupervised encoder, for the mutual-information check."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def encode(self, x):
+        out = self.model.classify(x)
+        y = torch.softmax(out, -1) if self.model.labels.kind == "discrete" else out[..., :1]
+        return self.model.encode(x, y)

@@ -1,0 +1,198 @@
+"""The semi-supervised M2 model (Kingma et al. 2014; the paper's eqs. 3-4 and Figure 4),
+for an ensemble of M members.
+
+Generative model (eq. 3):  z ~ N(0, I_K),  y ~ p(y),  x | y, z ~ N(f_theta(y, z), diag(sigma^2)).
+Inference:                 q_phi(z | x, y) = N(mu_phi(x, y), diag(sigma_phi^2(x, y)))   (encoder)
+                           q_phi(y | x): categorical (discrete y) or N(m(x), s^2(x))  (discriminator)
+
+Discrete y enters the networks as a one-hot vector; in the unlabelled bound it is a relaxed
+one-hot sample (Gumbel-softmax / Concrete, temperature 2.2, appendix J) so that the bound can
+be reparameterised.  The density terms of y use the categorical probabilities of the hard
+sample argmax(logits + Gumbel noise), whose law is exactly q(y|x): the IWAE bounds with S = 1
+then equal the VAE bounds in expectation, and a one-hot q(y|x) at the true label turns U(x)
+into L(x, y).  Continuous y is a reparameterised Gaussian sample.  p(y) is uniform over the
+classes for discrete y and N(0, 1) for continuous y.
+
+Shapes: x (M, B, D) per member; labels y (M, B, Y) encoded (one-hot or value); every bound
+returns (M, B) per-example values.  Noise for S samples per point: eps_z (M, B, S, K) and,
+for the unlabelled bounds, eps_y (M, B, S, C) normal draws (turned into Gumbel noise) or
+(M, B, S, 1) for continuous y.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .model import (kl_to_standard_normal, log_normal, log_standard_normal, reparameterize)
+from .nets import FlatParameters, StackedMLP
+
+RELAXATION_TEMPERATURE = 2.2
+
+
+@dataclass(frozen=True)
+class Labels:
+    kind: str          # 'discrete' | 'continuous'
+    classes: int = 2   # number of classes (discrete)
+
+    @property
+    def dim(self) -> int:
+        """Width of the label as a network input."""
+        return self.classes if self.kind == "discrete" else 1
+
+    @property
+    def noise_dim(self) -> int:
+        return self.classes if self.kind == "discrete" else 1
+
+
+class M2Ensemble:
+    """M M2 models.  `encoder` holds the inference networks (q(z|x,y) and q(y|x)); `decoder`
+    the generative network f(y, z).  sigma^2 is fixed per member (a hyperparameter)."""
+
+    def __init__(self, data_dim: int, latent_dim: int, labels: Labels, hidden: list[int], n_members: int,
+                 dtype=torch.float32, device="cpu"):
+        self.D, self.K, self.M, self.labels = data_dim, latent_dim, n_members, labels
+        self.hidden = list(hidden)
+        Y = labels.dim
+        self.encoder_net = StackedMLP([data_dim + Y, *hidden, 2 * latent_dim], "enc.")
+        self.discriminator_net = StackedMLP([data_dim, *hidden, labels.classes if labels.kind == "discrete" else 2],
+                                            "disc.")
+        self.decoder_net = StackedMLP([Y + latent_dim, *hidden, data_dim], "dec.")
+        self.encoder = FlatParameters({**self.encoder_net.shapes(), **self.discriminator_net.shapes()},
+                                      n_members, dtype, device)
+        self.decoder = FlatParameters(self.decoder_net.shapes(), n_members, dtype, device)
+        self.log_sigma2 = torch.zeros(n_members, 1, data_dim, dtype=dtype, device=device)
+
+    def set_sigma2(self, sigma2) -> None:
+        value = torch.as_tensor(sigma2, dtype=self.log_sigma2.dtype).log()
+        self.log_sigma2.copy_(value.reshape(-1, 1, 1).expand_as(self.log_sigma2) if value.numel() > 1
+                              else value.expand_as(self.log_sigma2))
+
+    def _apply(self, net: StackedMLP, params: FlatParameters, h: torch.Tensor) -> torch.Tensor:
+        lead = h.shape[1:-1]
+        return net(params, h.reshape(self.M, -1, h.shape[-1])).reshape(self.M, *lead, -1)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x, y): x (M, ..., D), y (M, ..., Y) -> mu, log var, each (M, ..., K)."""
+        out = self._apply(self.encoder_net, self.encoder, torch.cat([x, y], -1))
+        return out[..., :self.K], out[..., self.K:]
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y | x): logits (M, ..., C), or (mean, log var) as (M, ..., 2) for continuous y."""
+        return self._apply(self.discriminator_net, self.encoder, x)
+
+    def decode(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """f_theta(y, z): (M, ..., Y), (M, ..., K) -> (M, ..., D)."""
+        return self._apply(self.decoder_net, self.decoder, torch.cat([y, z], -1))
+
+
+# --- label distributions -----------------------------------------------------------------
+def log_prior_labels(labels: Labels, y: torch.Tensor) -> torch.Tensor:
+    """log p(y) of encoded labels y (M, ..., Y) -> (M, ...)."""
+    if labels.kind == "discrete":
+        return torch.full(y.shape[:-1], -math.log(labels.classes), dtype=y.dtype, device=y.device)
+    return log_standard_normal(y)
+
+
+def log_q_labels(model: M2Ensemble, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log q(y | x) of observed labels (the discriminator term of eq. 4): (M, B)."""
+    out = model.classify(x)
+    if model.labels.kind == "discrete":
+        return (torch.log_softmax(out, -1) * y).sum(-1)
+    return log_normal(y, out[..., :1], out[..., 1:])
+
+
+def relaxed_one_hot(log_pi: torch.Tensor, gumbel: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A Concrete / Gumbel-softmax sample: softmax((log pi + g) / temperature), on the simplex."""
+    return torch.softmax((log_pi + gumbel) / temperature, -1)
+
+
+def gumbel_from_normal(eps: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from standard normal draws (through the uniform Phi(eps))."""
+    u = torch.special.ndtr(eps).clamp(1e-12, 1 - 1e-12)
+    return -torch.log(-torch.log(u))
+
+
+def sample_labels(model: M2Ensemble, x: torch.Tensor, eps_y: torch.Tensor):
+    """Reparameterised samples y_s ~ q(y | x) for the unlabelled bounds.
+
+    Returns (y_input (M,B,S,Y), log q(y_s|x) (M,B,S), log p(y_s) (M,B,S), KL[q(y|x) || p(y)] (M,B)).
+    """
+    out = model.classify(x)
+    labels = model.labels
+    if labels.kind == "discrete":
+        log_pi = torch.log_softmax(out, -1).unsqueeze(2)                     # (M,B,1,C)
+        gumbel = gumbel_from_normal(eps_y)
+        perturbed = log_pi + gumbel
+        y_relaxed = relaxed_one_hot(log_pi, gumbel, RELAXATION_TEMPERATURE)
+        hard = perturbed.argmax(-1, keepdim=True)                           # ~ Categorical(q(y|x))
+        log_q = log_pi.expand_as(perturbed).gather(-1, hard).squeeze(-1)
+        log_p = torch.full_like(log_q, -math.log(labels.classes))
+        pi = log_pi.squeeze(2).exp()
+        kl = (pi * (log_pi.squeeze(2) + math.log(labels.classes))).sum(-1)
+        return y_relaxed, log_q, log_p, kl
+    mean, log_var = out[..., :1], out[..., 1:]
+    y = reparameterize(mean, log_var, eps_y)                                 # (M,B,S,1)
+    log_q = log_normal(y, mean.unsqueeze(2), log_var.unsqueeze(2))
+    return y, log_q, log_standard_normal(y), kl_to_standard_normal(mean, log_var)
+
+
+def _log_likelihood(model: M2Ensemble, x, y, z):
+    """log p(x | y, z) for S samples: x (M,B,D), y (M,B,S,Y), z (M,B,S,K) -> (M,B,S)."""
+    return log_normal(x.unsqueeze(2), model.decode(y, z), model.log_sigma2.unsqueeze(2))
+
+
+# --- the bounds of Figure 4 ----------------------------------------------------------------
+def labelled_elbo(model: M2Ensemble, x, y, eps_z) -> torch.Tensor:
+    """L(x, y), eq. 29: E_q(z|x,y)[log p(x|y,z)] + log p(y) - KL[q(z|x,y) || p(z)]."""
+    mu, log_var = model.encode(x, y)
+    z = reparameterize(mu, log_var, eps_z)
+    y_s = y.unsqueeze(2).expand(*z.shape[:3], y.shape[-1])
+    return (_log_likelihood(model, x, y_s, z).mean(2) + log_prior_labels(model.labels, y)
+            - kl_to_standard_normal(mu, log_var))
+
+
+def unlabelled_elbo(model: M2Ensemble, x, eps_y, eps_z) -> torch.Tensor:
+    """U(x), eq. 30: E_q(y|x) q(z|x,y)[log p(x|y,z)] - KL[q(y|x) || p(y)] - E_q(y|x) KL[q(z|x,y) || p(z)]."""
+    y, _, _, kl_y = sample_labels(model, x, eps_y)
+    x_s = x.unsqueeze(2).expand(*y.shape[:3], x.shape[-1])
+    mu, log_var = model.encode(x_s, y)                                        # (M,B,S,K)
+    z = mu + (0.5 * log_var).exp() * eps_z
+    return (_log_likelihood(model, x, y, z) - kl_to_standard_normal(mu, log_var)).mean(2) - kl_y
+
+
+def labelled_iwae(model: M2Ensemble, x, y, eps_z) -> torch.Tensor:
+    """L(x, y), eq. 31: E log (1/S) sum_s p(x, y, z_s) / q(z_s | x, y)."""
+    mu, log_var = model.encode(x, y)
+    z = reparameterize(mu, log_var, eps_z)
+    y_s = y.unsqueeze(2).expand(*z.shape[:3], y.shape[-1])
+    log_w = (_log_likelihood(model, x, y_s, z) + log_standard_normal(z)
+             - log_normal(z, mu.unsqueeze(2), log_var.unsqueeze(2)))
+    return torch.logsumexp(log_w, 2) - math.log(log_w.shape[2]) + log_prior_labels(model.labels, y)
+
+
+def unlabelled_iwae(model: M2Ensemble, x, eps_y, eps_z) -> torch.Tensor:
+    """U(x), eq. 32: E log (1/S) sum_s p(x, y_s, z_s) / (q(y_s|x) q(z_s|x,y_s)), joint samples."""
+    y, log_q_y, log_p_y, _ = sample_labels(model, x, eps_y)
+    x_s = x.unsqueeze(2).expand(*y.shape[:3], x.shape[-1])
+    mu, log_var = model.encode(x_s, y)
+    z = mu + (0.5 * log_var).exp() * eps_z
+    log_w = (_log_likelihood(model, x, y, z) + log_standard_normal(z) - log_normal(z, mu, log_var)
+             + log_p_y - log_q_y)
+    return torch.logsumexp(log_w, 2) - math.log(log_w.shape[2])
+
+
+BOUNDS = {"elbo": (labelled_elbo, unlabelled_elbo), "iwae": (labelled_iwae, unlabelled_iwae)}
+
+
+def objective(model: M2Ensemble, bound: str, x_unlabelled, eps_y, eps_z_unlabelled, x_labelled, y_labelled,
+              eps_z_labelled, alpha: torch.Tensor, gamma: torch.Tensor, labelled_share: float) -> torch.Tensor:
+    """J (eq. 4) per member, divided by the number of unlabelled points:
+    mean U + gamma * (M/N) mean L + alpha * (M/N) mean log q(y|x), with M/N = `labelled_share`
+    the ratio of labelled to unlabelled training points.  alpha, gamma: (M,)."""
+    labelled_bound, unlabelled_bound = BOUNDS[bound]
+    u = unlabelled_bound(model, x_unlabelled, eps_y, eps_z_unlabelled).mean(1)
+    lab = labelled_bound(model, x_labelled, y_labelled, eps_z_labelled).mean(1)
+    disc = log_q_labels(model, x_labelled, y_labelled).mean(1)
+    return u + labelled_share * (gamma * lab + alpha * disc)
