@@ -37,10 +37,16 @@ def test_paper_scale_dry_run_lists_the_full_grid(tmp_path):
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     # 5 examples x (VAE + 4 LIN + 3 IWAE) + Spiral-Dots with sigma^2 learned + 2 x 3 K x (VAE + 3 IWAE)
-    assert counts["train"] == 5 * 8 + 1 + 2 * 3 * 4 == len(grid.training_jobs(settings))
-    assert counts["surrogate"] == 5 and counts["dataset"] == 7 and counts["gt_encoders"] == 7
-    restarts = sum(len(grid.experiment_run_stems(settings, e)) for e in grid.EXPERIMENTS)
-    assert restarts == 65 * 5 * 10
+    assert counts["train"] == 5 * 8 + 1 + 2 * 3 * 4
+    # 2 Semi-Circles x 8 settings; 3 UCI sets x 2 K x 2 sigma^2 x 8 settings
+    assert counts["train_semisupervised"] == 2 * 8 and counts["train_uci"] == 3 * 2 * 2 * 8
+    assert sum(counts[r] for r in ("train", "train_semisupervised", "train_uci")) == len(grid.training_jobs(settings))
+    assert counts["surrogate"] == 7 and counts["dataset"] == 9 and counts["gt_encoders"] == 7
+    assert counts["uci_splits"] == 3
+    restarts = {e: len(grid.experiment_run_stems(settings, e)) for e in grid.EXPERIMENTS}
+    assert restarts["unsupervised"] + restarts["noise"] + restarts["latent"] == 65 * 5 * 10
+    # each semi-supervised job trains 3 alphas x 4 gammas x 5 versions x 10 restarts (UCI: 5 splits x 5)
+    assert restarts["semisupervised"] == 16 * 12 * 5 * 10 and restarts["uci"] == 96 * 12 * 5 * 5
 
 
 @pytest.mark.parametrize("override, words", [
@@ -70,7 +76,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_run_writes_tidy_tables(smoke_run):
-    for name in ("table1", "table2", "theorem2"):
+    for name in ("table1", "table2", "theorem2", "table3", "table4", "table5", "table6"):
         cells = pd.read_csv(smoke_run / "tables" / f"{name}.csv")
         assert list(cells.columns) == ["table", "row", "column", "mean", "sd", "n", "paper_mean", "paper_sd"]
         assert (cells["n"] == 2).all() and cells["mean"].notna().all()
@@ -78,6 +84,9 @@ def test_smoke_run_writes_tidy_tables(smoke_run):
     table1 = pd.read_csv(smoke_run / "tables" / "table1.csv")
     assert set(table1["column"]) == {"IWAE", "LIN", "VAE"}
     assert table1.loc[(table1["row"] == "Clusters") & (table1["column"] == "VAE"), "paper_mean"].item() == 0.361
+    table6 = pd.read_csv(smoke_run / "tables" / "table6.csv")
+    cohorts = table6[table6["column"].str.startswith("VAE")].groupby("row")["column"].count()
+    assert cohorts.to_dict() == {"Contraceptive": 3, "Diabetic Retinopathy": 2, "Titanic": 2}
 
 
 def test_smoke_run_records_provenance_per_restart(smoke_run):

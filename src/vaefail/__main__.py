@@ -51,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--gt-encoders", nargs="*", default=[])
     c.add_argument("--out-stems", nargs="+", required=True)
 
+    c = training_command("train-ss", "train all alpha x gamma x restarts of one semi-supervised setting")
+    c.add_argument("--experiment", required=True)
+    c.add_argument("--setting", required=True)
+    c.add_argument("--out-stems", nargs="+", required=True)
+
+    c = command("uci-splits", "verify a UCI data set and write its train/validation/test splits")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--out", nargs="+", required=True)
+
     c = command("select", "pick the best restart and hyperparameters of an experiment")
     c.add_argument("--experiment", required=True)
     c.add_argument("--outdir", required=True)
@@ -58,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out-all", required=True)
 
     c = command("table", "build one table (csv + tex) from selected results")
-    c.add_argument("--table", required=True, choices=["table1", "table2", "theorem2"])
+    c.add_argument("--table", required=True, choices=["table1", "table2", "theorem2", "table3", "table4", "table5", "table6"])
     c.add_argument("--selected", nargs="+", required=True)
     c.add_argument("--out", required=True)
 
@@ -95,6 +104,13 @@ def main(argv=None) -> None:
     elif args.command == "train":
         jobs.train_job(settings, args.experiment, args.dataset, args.setting, args.surrogate,
                        args.data, args.gt_encoders, args.out_stems, args.device)
+    elif args.command == "train-ss":
+        from .semisupervised import train_ss_job
+        train_ss_job(settings, args.experiment, args.dataset, args.setting, args.surrogate, args.data,
+                     args.out_stems, args.device)
+    elif args.command == "uci-splits":
+        from .semisupervised import make_uci_splits
+        make_uci_splits(settings, args.dataset, args.out)
     elif args.command == "select":
         from .selection import select_experiment
         select_experiment(settings, args.experiment, args.outdir, args.out, args.out_all)

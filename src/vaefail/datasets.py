@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .uci import UCI_DATASETS, uci_spec
+
 Phi = torch.special.ndtr  # the standard normal CDF
 
 # The linear embedding of appendix F (a 2 x 5 matrix: x_5d = x_2d @ EMBEDDING).
@@ -231,6 +233,7 @@ SEMI_SUPERVISED = {
                                                    "continuous", cohorts=(-3.5, 3.5)),
 }
 TITLES.update({"discrete-semicircle": "Discrete Semi-Circle", "continuous-semicircle": "Continuous Semi-Circle"})
+TITLES.update({name: uci_spec(name).title for name in UCI_DATASETS})
 
 
 def sample_split(decoder: Callable[[torch.Tensor], torch.Tensor], ex: Example, sizes: dict[str, int],

@@ -11,20 +11,15 @@ import numpy as np
 import torch
 
 from .metrics import ksg_mutual_information, smooth_knn_statistic
-from .model import (OBJECTIVES, VAEEnsemble, log_importance_weights,
-                    sigma2_closed_form)
+from .model import OBJECTIVES, VAEEnsemble, log_importance_weights, sigma2_closed_form
+from .train import member_noise
 
 DATA_CHUNK = 250   # data points per chunk of many-sample evaluations (bounds memory)
 
 
-def member_noise(rngs, members, shape, dtype, device):
-    """One standard-normal draw of `shape` per member in `members` from its eval generator."""
-    return torch.stack([torch.randn(shape, generator=rngs[m].eval, dtype=dtype)
-                        for m in members]).to(device)
-
-
-def _all(model):
-    return list(range(model.M))
+def eval_noise(rngs, shape, dtype, device):
+    """One standard-normal draw per member from its own `eval` generator."""
+    return member_noise(rngs, shape, dtype, device, purpose="eval")
 
 
 @torch.no_grad()
@@ -38,7 +33,7 @@ def mean_bound(model: VAEEnsemble, x: torch.Tensor, rngs, objective: str, sample
     for start in range(0, N, DATA_CHUNK):
         xc = x[:, start:start + DATA_CHUNK]
         for _ in range(repeats):
-            eps = member_noise(rngs, _all(model), (xc.shape[1], samples, model.K), x.dtype, x.device)
+            eps = eval_noise(rngs, (xc.shape[1], samples, model.K), x.dtype, x.device)
             total += bound(model, xc, eps).sum(1).double().cpu()
     return total / (N * repeats)
 
@@ -50,7 +45,7 @@ def log_marginal_likelihood(model: VAEEnsemble, x: torch.Tensor, rngs, samples: 
     total = torch.zeros(M, dtype=torch.float64)
     for start in range(0, N, DATA_CHUNK):
         xc = x[:, start:start + DATA_CHUNK]
-        eps = member_noise(rngs, _all(model), (xc.shape[1], samples, model.K), x.dtype, x.device)
+        eps = eval_noise(rngs, (xc.shape[1], samples, model.K), x.dtype, x.device)
         log_w = log_importance_weights(model, xc, eps).double()
         total += (torch.logsumexp(log_w, 2) - math.log(samples)).sum(1).cpu()
     return total / N
@@ -63,7 +58,7 @@ def closed_form_sigma2(model: VAEEnsemble, x: torch.Tensor, rngs, samples: int) 
     total = torch.zeros(M, model.D, dtype=torch.float64)
     for start in range(0, N, DATA_CHUNK):
         xc = x[:, start:start + DATA_CHUNK]
-        eps = member_noise(rngs, _all(model), (xc.shape[1], samples, model.K), x.dtype, x.device)
+        eps = eval_noise(rngs, (xc.shape[1], samples, model.K), x.dtype, x.device)
         total += sigma2_closed_form(model, xc, eps).double().cpu() * xc.shape[1]
     return total / N
 
@@ -72,8 +67,8 @@ def closed_form_sigma2(model: VAEEnsemble, x: torch.Tensor, rngs, samples: int) 
 def model_samples(model: VAEEnsemble, n: int, rngs) -> torch.Tensor:
     """n ancestral samples x ~ p_theta(x) per member, (M, n, D)."""
     dtype, device = model.encoder.flat.dtype, model.encoder.flat.device
-    eps_z = member_noise(rngs, _all(model), (n, model.K), dtype, device)
-    eps_x = member_noise(rngs, _all(model), (n, model.D), dtype, device)
+    eps_z = eval_noise(rngs, (n, model.K), dtype, device)
+    eps_x = eval_noise(rngs, (n, model.D), dtype, device)
     return model.sample_x(eps_z, eps_x)
 
 
@@ -81,7 +76,7 @@ def model_samples(model: VAEEnsemble, n: int, rngs) -> torch.Tensor:
 def latent_codes(model: VAEEnsemble, x: torch.Tensor, rngs) -> torch.Tensor:
     """One draw z ~ q(z | x) per point, (M, N, K)."""
     mu, log_var = model.encode(x)
-    eps = member_noise(rngs, _all(model), mu.shape[1:], mu.dtype, mu.device)
+    eps = eval_noise(rngs, mu.shape[1:], mu.dtype, mu.device)
     return mu + (0.5 * log_var).exp() * eps
 
 
@@ -122,15 +117,15 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], rngs, *,
         if not all(math.isfinite(v) for v in [row["objective_valid"], *row["sigma2"]]):
             results.append({"status": "failed", "reason": "non-finite evaluation"})
             continue
-        row["knn_valid"] = _finite_knn(samples_valid[m], x_valid[m], settings)
-        row["knn_test"] = _finite_knn(samples_test[m], x_test[m], settings)
+        row["knn_valid"] = knn_statistic(samples_valid[m], x_valid[m], settings)
+        row["knn_test"] = knn_statistic(samples_test[m], x_test[m], settings)
         row["mi_test"] = [ksg_mutual_information(x_test[m], codes[m][:, k], k=settings["mi_neighbours"])
                           for k in range(model.K)]
         results.append(row)
     return results
 
 
-def _finite_knn(model_x: np.ndarray, true_x: np.ndarray, settings: dict) -> float:
+def knn_statistic(model_x: np.ndarray, true_x: np.ndarray, settings: dict) -> float:
     if not np.isfinite(model_x).all():
         return float("nan")
     return smooth_knn_statistic(model_x, true_x, k=settings["knn_k"], temperature=settings["knn_temperature"])

@@ -5,29 +5,37 @@ expansion datasets x methods x hyperparameters x versions x restarts and for the
 of every output; the workflow and the package both call these functions.
 
 Experiments:
-  unsupervised  Table 1, Figures 1 and 6-14: 2-D examples, K = 1, sigma^2 fixed at the truth.
-  noise         Theorem 2: Spiral-Dots, VAE with sigma^2 learned jointly with (theta, phi).
-  latent        Table 2, Figures 21-22: Figure-8 and Clusters embedded in 5-D, K in
-                latent_dims, sigma^2 learned; only K = 1 has GT-initialised restarts.
+  unsupervised    Table 1, Figures 1 and 6-14: 2-D examples, K = 1, sigma^2 fixed at the truth.
+  noise           Theorem 2: Spiral-Dots, VAE with sigma^2 learned jointly with (theta, phi).
+  latent          Table 2, Figures 21-22: Figure-8 and Clusters embedded in 5-D, K in
+                  latent_dims, sigma^2 learned; only K = 1 has GT-initialised restarts.
+  semisupervised  Tables 3-4, Figures 2 and 15-20: M2 on the Semi-Circle examples, K = 1,
+                  sigma^2 fixed at the truth, alpha x gamma per job.
+  uci             Tables 5-6: M2 on three UCI data sets; K and sigma^2 are hyperparameters,
+                  "versions" are the data splits, all restarts random.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-EXPERIMENTS = ("unsupervised", "noise", "latent")
+EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci")
+SEMI_SUPERVISED_EXPERIMENTS = ("semisupervised", "uci")
 METHODS = ("vae", "lin", "iwae")
+UCI_DATASETS = ("diabetic-retinopathy", "contraceptive", "titanic")
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One hyperparameter setting of one method within one experiment."""
+    """One hyperparameter setting of one method within one experiment (one training job;
+    semi-supervised jobs train every (alpha, gamma) of the grid besides)."""
 
     experiment: str
     method: str
     latent_dim: int = 1
-    samples: int = 1                 # S: IWAE importance samples
-    lin_threshold: float | None = None   # T
-    lin_inner_steps: int | None = None   # R
+    samples: int = 1                      # S: IWAE importance samples
+    lin_threshold: float | None = None    # T
+    lin_inner_steps: int | None = None    # R
+    sigma2: float | None = None           # fixed observation variance (UCI); None: the truth
 
     @property
     def id(self) -> str:
@@ -36,21 +44,24 @@ class Setting:
             parts.append(f"S{self.samples}")
         if self.method == "lin":
             parts += [f"T{self.lin_threshold:g}", f"R{self.lin_inner_steps}"]
-        if self.experiment == "latent":
+        if self.experiment in ("latent", "uci"):
             parts.append(f"K{self.latent_dim}")
+        if self.sigma2 is not None:
+            parts.append(f"s{self.sigma2:g}")
         return "-".join(parts)
 
     @property
     def sigma2_mode(self) -> str:
-        return "fixed" if self.experiment == "unsupervised" else "learned"
+        return "learned" if self.experiment in ("noise", "latent") else "fixed"
 
     @property
     def objective(self) -> str:
         return "iwae" if self.method == "iwae" else "elbo"
 
     def has_gt_restarts(self) -> bool:
-        # Appendix F: only the ground-truth latent dimensionality can start at the truth.
-        return self.latent_dim == 1
+        # Appendix F: only the ground-truth latent dimensionality can start at the truth;
+        # real data have no ground truth.
+        return self.latent_dim == 1 and self.experiment != "uci"
 
 
 def experiment_datasets(cfg: dict, experiment: str) -> list[str]:
@@ -60,16 +71,25 @@ def experiment_datasets(cfg: dict, experiment: str) -> list[str]:
         return [cfg["noise_dataset"]]
     if experiment == "latent":
         return [f"{name}-5d" for name in cfg["latent_datasets"]]
+    if experiment == "semisupervised":
+        return list(cfg["ss_datasets"])
+    if experiment == "uci":
+        return list(cfg["uci_datasets"])
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
-def experiment_settings(cfg: dict, experiment: str) -> list[Setting]:
-    if experiment == "unsupervised":
-        out = [Setting(experiment, "vae")]
-        out += [Setting(experiment, "lin", lin_threshold=t, lin_inner_steps=r)
-                for t in cfg["lin_thresholds"] for r in cfg["lin_inner_steps"]]
-        out += [Setting(experiment, "iwae", samples=s) for s in cfg["iwae_samples"]]
-        return out
+def _method_settings(cfg: dict, experiment: str, **fixed) -> list[Setting]:
+    out = [Setting(experiment, "vae", **fixed)]
+    out += [Setting(experiment, "lin", lin_threshold=t, lin_inner_steps=r, **fixed)
+            for t in cfg["lin_thresholds"] for r in cfg["lin_inner_steps"]]
+    out += [Setting(experiment, "iwae", samples=s, **fixed) for s in cfg["iwae_samples"]]
+    return out
+
+
+def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) -> list[Setting]:
+    """The jobs' settings; for `uci` they depend on the data set (its latent dimensions)."""
+    if experiment in ("unsupervised", "semisupervised"):
+        return _method_settings(cfg, experiment)
     if experiment == "noise":
         return [Setting(experiment, "vae")]
     if experiment == "latent":
@@ -78,18 +98,30 @@ def experiment_settings(cfg: dict, experiment: str) -> list[Setting]:
             out.append(Setting(experiment, "vae", latent_dim=k))
             out += [Setting(experiment, "iwae", latent_dim=k, samples=s) for s in cfg["iwae_samples"]]
         return out
+    if experiment == "uci":
+        if dataset is None:
+            raise ValueError("the uci experiment's settings depend on the data set")
+        return [s for k in cfg["uci_latent_dims"][dataset] for s2 in cfg["uci_sigma2"]
+                for s in _method_settings(cfg, experiment, latent_dim=k, sigma2=s2)]
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
-def find_setting(cfg: dict, experiment: str, setting_id: str) -> Setting:
-    for setting in experiment_settings(cfg, experiment):
+def find_setting(cfg: dict, experiment: str, setting_id: str, dataset: str | None = None) -> Setting:
+    for setting in experiment_settings(cfg, experiment, dataset):
         if setting.id == setting_id:
             return setting
-    known = ", ".join(s.id for s in experiment_settings(cfg, experiment))
+    known = ", ".join(s.id for s in experiment_settings(cfg, experiment, dataset))
     raise ValueError(f"setting {setting_id!r} is not in the {experiment} grid of this config; known: {known}")
 
 
-def n_restarts(cfg: dict) -> int:
+def n_versions(cfg: dict, experiment: str) -> int:
+    """Data versions (UCI: data splits) of an experiment."""
+    return cfg["uci_splits"] if experiment == "uci" else cfg["versions"]
+
+
+def n_restarts(cfg: dict, experiment: str = "unsupervised") -> int:
+    if experiment == "uci":
+        return cfg["uci_restarts"]
     return cfg["restarts_random"] + cfg["restarts_gt"]
 
 
@@ -101,10 +133,19 @@ def restart_init(cfg: dict, setting: Setting, restart: int) -> str:
     return "gt"
 
 
+def label_weights(cfg: dict, experiment: str) -> list[tuple[float, float]]:
+    """(alpha, gamma) pairs trained within each job; [(None, None)] when unsupervised."""
+    if experiment in SEMI_SUPERVISED_EXPERIMENTS:
+        return [(a, g) for a in cfg["ss_alphas"] for g in cfg["ss_gammas"]]
+    return [(None, None)]
+
+
 def base_datasets(cfg: dict) -> list[str]:
-    """The 2-D examples whose surrogate decoders the grid needs."""
+    """The synthetic examples whose surrogate decoders the grid needs."""
     names = []
     for experiment in EXPERIMENTS:
+        if experiment == "uci":
+            continue
         for name in experiment_datasets(cfg, experiment):
             base = name.removesuffix("-5d")
             if base not in names:
@@ -121,6 +162,10 @@ def all_datasets(cfg: dict) -> list[str]:
     return names
 
 
+def dataset_versions(cfg: dict, dataset: str) -> int:
+    return cfg["uci_splits"] if dataset in UCI_DATASETS else cfg["versions"]
+
+
 # --- paths (relative to the output folder) -------------------------------------------
 def surrogate_path(base: str) -> str:
     return f"surrogates/{base}.pt"
@@ -134,19 +179,29 @@ def gt_encoder_path(dataset: str, version: int) -> str:
     return f"gt_encoders/{dataset}/v{version}.pt"
 
 
-def run_stem(experiment: str, dataset: str, setting_id: str, version: int, restart: int) -> str:
-    return f"runs/{experiment}/{dataset}/{setting_id}/v{version}/r{restart}"
+def weights_folder(alpha, gamma) -> str:
+    return "" if alpha is None else f"a{alpha:g}-g{gamma:g}/"
+
+
+def run_stem(experiment: str, dataset: str, setting_id: str, version: int, restart: int,
+             alpha=None, gamma=None) -> str:
+    return f"runs/{experiment}/{dataset}/{setting_id}/{weights_folder(alpha, gamma)}v{version}/r{restart}"
+
+
+def job_members(cfg: dict, experiment: str) -> list[tuple]:
+    """(alpha, gamma, version, restart) of every member of one training job, in order."""
+    return [(a, g, v, r) for a, g in label_weights(cfg, experiment)
+            for v in range(n_versions(cfg, experiment)) for r in range(n_restarts(cfg, experiment))]
 
 
 def job_run_stems(cfg: dict, experiment: str, dataset: str, setting_id: str) -> list[str]:
-    """Every restart of every version that one training job produces."""
-    return [run_stem(experiment, dataset, setting_id, v, r)
-            for v in range(cfg["versions"]) for r in range(n_restarts(cfg))]
+    """Every restart of every version (and alpha, gamma) that one training job produces."""
+    return [run_stem(experiment, dataset, setting_id, v, r, a, g) for a, g, v, r in job_members(cfg, experiment)]
 
 
 def experiment_run_stems(cfg: dict, experiment: str) -> list[str]:
     return [stem for dataset in experiment_datasets(cfg, experiment)
-            for setting in experiment_settings(cfg, experiment)
+            for setting in experiment_settings(cfg, experiment, dataset)
             for stem in job_run_stems(cfg, experiment, dataset, setting.id)]
 
 
@@ -154,4 +209,4 @@ def training_jobs(cfg: dict) -> list[tuple[str, str, str]]:
     """(experiment, dataset, setting id) of every training job."""
     return [(experiment, dataset, setting.id) for experiment in EXPERIMENTS
             for dataset in experiment_datasets(cfg, experiment)
-            for setting in experiment_settings(cfg, experiment)]
+            for setting in experiment_settings(cfg, experiment, dataset)]

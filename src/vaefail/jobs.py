@@ -129,6 +129,9 @@ class GroundTruthDecoder:
 
 def make_dataset(settings: dict, dataset: str, surrogate_pt: str, out_paths: list[str]) -> None:
     ex = example(dataset)
+    if hasattr(ex, "label_kind"):   # a semi-supervised example
+        from .semisupervised import make_ss_dataset
+        return make_ss_dataset(settings, dataset, surrogate_pt, out_paths)
     decoder = GroundTruthDecoder(surrogate_pt)
     sizes = {"train": settings["n_train"], "valid": settings["n_valid"], "test": settings["n_test"]}
     for version, path in enumerate(out_paths):

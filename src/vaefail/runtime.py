@@ -10,20 +10,23 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters
 
 
 def configure_cpu(threads: int | None = None) -> None:
-    """Flush denormals (tiny Adam moments are slow) and keep freed memory in the heap.
+    """Keep freed memory in the heap.
 
     glibc serves blocks above its mmap threshold with fresh mmap'ed pages and returns them
     on free, so every temporary activation of a few MB page-faults again; raising the
     thresholds keeps them in the heap (measured here: 1.4x more ensemble steps per second).
     """
-    torch.set_flush_denormal(True)
+    # Not torch.set_flush_denormal: it sped nothing up measurably here, and with it scipy's
+    # cKDTree crashed (segfault) on 19-D UCI samples.
     if threads:
         torch.set_num_threads(threads)
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
         if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-            libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
+            # 32 MiB is glibc's largest mmap threshold on 64-bit systems: above it, large
+            # requests in a thread's arena can fail (malloc returns NULL) instead of mmap-ing.
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+            libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
     except OSError:
         pass   # not glibc: nothing to tune

@@ -19,7 +19,7 @@ import pandas as pd
 from . import grid
 
 IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
-            "lin_inner_steps", "sigma2_mode", "version", "restart", "init", "seed", "status"]
+            "lin_inner_steps", "sigma2_mode", "alpha", "gamma", "version", "restart", "init", "seed", "status"]
 
 
 def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFrame:
@@ -42,33 +42,46 @@ def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFra
         row["settings_hash"] = record["provenance"]["settings_hash"]
         row["git_commit"] = record["provenance"]["git_commit"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    # a hyperparameter setting: the job's setting plus, for M2, its (alpha, gamma)
+    runs["hyper"] = runs["setting"]
+    if runs["alpha"].notna().any():
+        runs["hyper"] = runs["setting"] + "/" + grid_weights(runs["alpha"], runs["gamma"])
+    return runs
+
+
+def grid_weights(alpha: pd.Series, gamma: pd.Series) -> pd.Series:
+    return pd.Series([grid.weights_folder(a, g).rstrip("/") for a, g in zip(alpha, gamma)], index=alpha.index)
 
 
 def best_restarts(runs: pd.DataFrame) -> pd.DataFrame:
     ok = runs[runs["status"] == "ok"]
-    keys = ["dataset", "setting", "version"]
+    keys = ["dataset", "hyper", "version"]
     best = ok.loc[ok.groupby(keys)["objective_valid"].idxmax()]
     return best.sort_values(keys).reset_index(drop=True)
 
 
-def select_settings(best: pd.DataFrame, selection: str) -> pd.DataFrame:
-    """The rows of `best` that belong to each (dataset, method, latent_dim)'s chosen setting."""
+def select_settings(best: pd.DataFrame, selection: str, per_latent_dim: bool = True) -> pd.DataFrame:
+    """The rows of `best` that belong to each (dataset, method[, latent_dim])'s chosen setting.
+
+    per_latent_dim: Table 2 reports every K; elsewhere (UCI) K is one more hyperparameter.
+    """
     column, pick = ("knn_valid", "idxmin") if selection == "knn" else ("objective_valid", "idxmax")
-    score = best.groupby(["dataset", "method", "latent_dim", "setting"])[column].mean().reset_index()
-    chosen = score.loc[getattr(score.groupby(["dataset", "method", "latent_dim"])[column], pick)()]
-    selected = best.merge(chosen[["dataset", "setting"]], on=["dataset", "setting"])
+    group = ["dataset", "method"] + (["latent_dim"] if per_latent_dim else [])
+    score = best.groupby([*group, "hyper"])[column].mean().reset_index()
+    chosen = score.loc[getattr(score.groupby(group)[column], pick)()]
+    selected = best.merge(chosen[["dataset", "hyper"]], on=["dataset", "hyper"])
     selected["selection"] = selection
-    return selected.sort_values(["dataset", "method", "latent_dim", "version"]).reset_index(drop=True)
+    return selected.sort_values([*group, "version"]).reset_index(drop=True)
 
 
 def select_experiment(settings: dict, experiment: str, outdir: str, out: str, out_all: str) -> None:
     runs = load_runs(settings, experiment, outdir)
     runs["kept_restart"] = False
     best = best_restarts(runs)
-    runs.loc[runs.set_index(["dataset", "setting", "version", "restart"]).index.isin(
-        best.set_index(["dataset", "setting", "version", "restart"]).index), "kept_restart"] = True
-    selected = select_settings(best, settings["selection"])
+    keys = ["dataset", "hyper", "version", "restart"]
+    runs.loc[runs.set_index(keys).index.isin(best.set_index(keys).index), "kept_restart"] = True
+    selected = select_settings(best, settings["selection"], per_latent_dim=experiment != "uci")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out_all, index=False)
     selected.to_csv(out, index=False)

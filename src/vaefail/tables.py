@@ -7,11 +7,13 @@ booktabs .tex fragment that shows our value above the paper's.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import grid
 from .datasets import TITLES
 from .paper_values import PAPER
 
@@ -30,12 +32,34 @@ def _cell(table: str, row: str, column: str, values) -> dict:
             "n": len(values), "paper_mean": paper[0], "paper_sd": paper[1]}
 
 
-def table1(selected: pd.DataFrame) -> pd.DataFrame:
+def _by_dataset(selected: pd.DataFrame, order: list[str]):
+    """(dataset, rows) in the configuration's order of data sets."""
+    for dataset in order:
+        frame = selected[selected["dataset"] == dataset]
+        if len(frame):
+            yield dataset, frame
+
+
+def density_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Tables 1, 3, 5: the test smooth kNN statistic of p(x), data sets x methods."""
     cells = []
-    for dataset, frame in selected.groupby("dataset", sort=False):
+    for dataset, frame in _by_dataset(selected, order):
         for method in ("iwae", "lin", "vae"):
             rows = frame[frame["method"] == method]
-            cells.append(_cell("table1", TITLES[dataset], METHOD_TITLES[method], rows["knn_test"]))
+            cells.append(_cell(name, TITLES[dataset], METHOD_TITLES[method], rows["knn_test"]))
+    return pd.DataFrame(cells, columns=COLUMNS)
+
+
+def cohort_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Tables 4, 6: the test smooth kNN statistic of each cohort p(x | y = c)."""
+    cells = []
+    for dataset, frame in _by_dataset(selected, order):
+        cohort_columns = sorted((c for c in frame.columns if re.fullmatch(r"knn_cohort_test_\d+", c)
+                                 and frame[c].notna().any()), key=lambda c: int(c.rsplit("_", 1)[1]))
+        for method in ("iwae", "lin", "vae"):
+            rows = frame[frame["method"] == method]
+            for i, column in enumerate(cohort_columns):
+                cells.append(_cell(name, TITLES[dataset], f"{METHOD_TITLES[method]} cohort {i + 1}", rows[column]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
@@ -114,7 +138,7 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
     n_versions = settings["versions"]
     how = SELECTION_TEXT[settings["selection"]]
     if name == "table1":
-        cells = table1(frames[0])
+        cells = density_table(name, frames[0], grid.experiment_datasets(settings, "unsupervised"))
         caption = (f"Smooth kNN statistic (k={settings['knn_k']}, temperature {settings['knn_temperature']}) "
                    f"of learned vs.\\ ground-truth samples of $p(x)$ on test data (lower is better); "
                    f"mean $\\pm$ sd over {n_versions} data versions. Hyperparameters chosen by {how}; "
@@ -126,11 +150,24 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
                    "per point (the IWAE bound for IWAE); mutual information by the KSG estimator "
                    f"(k={settings['mi_neighbours']}) between test $x$ and each sampled $z_i \\sim q(z|x)$. "
                    f"Mean $\\pm$ sd over {n_versions} versions. Grey: the paper's Table 2.")
-    else:
+    elif name == "theorem2":
         cells = theorem2(frames[0], frames[1], settings["noise_dataset"])
         caption = ("Observation-noise variance on Spiral-Dots (true $\\sigma^2 = 0.01$), mean over the "
                    f"2 data dimensions; mean $\\pm$ sd over {n_versions} data versions of the restart with "
                    "the highest validation ELBO. Grey: the paper's section 2.2.")
+    else:
+        uci = name in ("table5", "table6")
+        parts = f"{settings['uci_splits']} data splits" if uci else f"{n_versions} data versions"
+        what = ("$p(x)$" if name in ("table3", "table5") else
+                "each cohort $p(x|y)$ (" + ("the classes, in label order" if uci else
+                                              "$y=0, 1$ (discrete), $y=-3.5, 3.5$ (continuous)") + ")")
+        order = grid.experiment_datasets(settings, "uci" if uci else "semisupervised")
+        cells = (density_table if name in ("table3", "table5") else cohort_table)(name, frames[0], order)
+        caption = (f"Semi-supervised M2 on {'UCI' if uci else 'synthetic'} data: smooth kNN statistic of "
+                   f"learned vs.\\ true {what} on test data (lower is better); mean $\\pm$ sd over {parts}. "
+                   "Hyperparameters ($\\alpha$, $\\gamma$, the method's own"
+                   + (", $K$, $\\sigma^2$" if uci else "") + f") chosen by {how} of $p(x)$. "
+                   f"Grey: the paper's Table {name[-1]}.")
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     cells.to_csv(out_csv, index=False)
     Path(out_csv).with_suffix(".tex").write_text(to_latex(cells, caption, f"tab:{name}"))

@@ -13,6 +13,7 @@ shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PA
 from snakemake.exceptions import WorkflowError
 from vaefail import config as vconfig
 from vaefail import grid
+from vaefail.uci import uci_spec
 
 try:
     SETTINGS = vconfig.resolve(config)
@@ -24,14 +25,18 @@ except vconfig.ConfigError as error:
 DEVICE = vconfig.resolve_device(config.get("device", "auto"))
 GPU = 1 if DEVICE == "cuda" else 0
 REDRAW = str(config.get("redraw", False)).lower() == "true"  # --config passes text
-VERSIONS = range(SETTINGS["versions"])
+VERSIONS = range(SETTINGS["versions"])  # of the synthetic data sets; UCI splits: uci_splits
 SETTINGS_JSON = f"{OUT}/settings.json"
 CONDA_ENV = "../../envs/vaefail.yaml"  # relative to the rule files
+
+
+UCI_PATTERN = "|".join(grid.UCI_DATASETS)
 
 
 wildcard_constraints:
     experiment="|".join(grid.EXPERIMENTS),
     dataset="[a-z0-9-]+",
+    uci=UCI_PATTERN,
     base="[a-z0-9-]+",
     setting="[A-Za-z0-9.-]+",
     method="|".join(grid.METHODS),
@@ -46,7 +51,8 @@ def surrogate_of(wildcards):
 
 
 def data_of(wildcards):
-    return [out(grid.data_path(wildcards.dataset, v)) for v in VERSIONS]
+    versions = range(grid.dataset_versions(SETTINGS, wildcards.dataset))
+    return [out(grid.data_path(wildcards.dataset, v)) for v in versions]
 
 
 def gt_encoders_of(wildcards):
@@ -60,12 +66,12 @@ def run_files(experiment, suffix=".json"):
     return [out(f"{stem}{suffix}") for stem in grid.experiment_run_stems(SETTINGS, experiment)]
 
 
-def job_outputs(suffix):
-    """Outputs of one training job: every restart of every version, as wildcard patterns."""
+def job_outputs(suffix, experiment="{experiment}", grid_of="unsupervised"):
+    """Outputs of one training job: every restart of every version (and alpha, gamma of
+    `grid_of`'s members), as wildcard patterns."""
     return [
-        out(f"{grid.run_stem('{experiment}', '{dataset}', '{setting}', v, r)}{suffix}")
-        for v in VERSIONS
-        for r in range(grid.n_restarts(SETTINGS))
+        out(f"{grid.run_stem(experiment, '{dataset}', '{setting}', v, r, a, g)}{suffix}")
+        for a, g, v, r in grid.job_members(SETTINGS, grid_of)
     ]
 
 
@@ -85,20 +91,26 @@ FIGURE_PANELS = [
 LATENT_FIGURES = [
     out(f"figures/latent/{dataset}.pdf") for dataset in grid.experiment_datasets(SETTINGS, "latent")
 ]
-TABLES = [out(f"tables/{name}.csv") for name in ("table1", "table2", "theorem2")]
+TABLES = [out(f"tables/{name}.csv")
+          for name in ("table1", "table2", "theorem2", "table3", "table4", "table5", "table6")]
 PAPER_TARGETS = [out("paper.pdf"), *TABLES, out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES]
 
 if REDRAW:
     # Redraw tables, figures and the report from saved results, training nothing.
     needed = [SETTINGS_JSON, *(out(grid.surrogate_path(b)) for b in grid.base_datasets(SETTINGS))]
-    needed += [out(grid.data_path(d, v)) for d in grid.all_datasets(SETTINGS) for v in VERSIONS]
+    needed += [out(grid.data_path(d, v)) for d in grid.all_datasets(SETTINGS)
+               for v in range(grid.dataset_versions(SETTINGS, d))]
     for experiment in grid.EXPERIMENTS:
         needed += run_files(experiment, ".json") + run_files(experiment, ".pt")
     missing = [p for p in needed if not Path(p).exists()]
     if missing:
-        shown = "\n  ".join(missing[:20])
-        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        by_folder = {}
+        for p in missing:
+            folder = "/".join(Path(p).relative_to(OUT).parent.parts[:3]) or "."
+            by_folder[folder] = by_folder.get(folder, 0) + 1
+        summary = "\n  ".join(f"{folder}/: {n} missing" for folder, n in by_folder.items())
         raise WorkflowError(
             f"redraw needs saved results, but {len(missing)} of {len(needed)} files are missing "
-            f"under {OUT}:\n  {shown}{more}\nRun the workflow without redraw=true to produce them."
+            f"under {OUT}:\n  {summary}\nfirst missing: {missing[0]}\n"
+            "Run the workflow without redraw=true to produce them."
         )

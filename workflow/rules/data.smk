@@ -5,6 +5,9 @@ localrules:
     settings,
 
 
+ruleorder: uci_splits > dataset  # UCI data come from data/uci, not from a ground-truth decoder
+
+
 rule settings:
     output:
         SETTINGS_JSON,
@@ -49,6 +52,21 @@ rule dataset:
     shell:
         "python -m vaefail dataset --settings {input.settings} --dataset {wildcards.dataset} "
         "--surrogate {input.surrogate} --out {output} > {log} 2>&1"
+
+
+rule uci_splits:
+    input:
+        settings=SETTINGS_JSON,
+        data=lambda w: str(Path(workflow.basedir) / "data" / "uci" / uci_spec(w.uci).path),
+    output:
+        [out(grid.data_path("{uci}", k)) for k in range(SETTINGS["uci_splits"])],
+    log:
+        out("logs/dataset/{uci}.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail uci-splits --settings {input.settings} --dataset {wildcards.uci} "
+        "--out {output} > {log} 2>&1"
 
 
 rule gt_encoders:

@@ -4,6 +4,10 @@ TABLE_INPUTS = {
     "table1": ["unsupervised"],
     "table2": ["latent"],
     "theorem2": ["unsupervised", "noise"],
+    "table3": ["semisupervised"],
+    "table4": ["semisupervised"],
+    "table5": ["uci"],
+    "table6": ["uci"],
 }
 
 

@@ -3,6 +3,8 @@
 
 
 rule train:
+    wildcard_constraints:
+        experiment="unsupervised|noise|latent",
     input:
         settings=SETTINGS_JSON,
         surrogate=surrogate_of,
@@ -28,3 +30,56 @@ rule train:
         "--dataset {wildcards.dataset} --setting {wildcards.setting} "
         "--surrogate {input.surrogate} --data {input.data} --gt-encoders {input.gt_encoders} "
         "--out-stems {params.stems} --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule train_semisupervised:
+    input:
+        settings=SETTINGS_JSON,
+        surrogate=surrogate_of,
+        data=data_of,
+    output:
+        results=job_outputs(".json", "semisupervised", "semisupervised"),
+        weights=job_outputs(".pt", "semisupervised", "semisupervised"),
+    params:
+        stems=lambda w, output: [p.removesuffix(".json") for p in output.results],
+        device=DEVICE,
+    log:
+        out("logs/train/semisupervised/{dataset}/{setting}.log"),
+    benchmark:
+        out("benchmarks/train/semisupervised/{dataset}/{setting}.tsv")
+    threads: 1
+    resources:
+        gpu=GPU,
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail train-ss --settings {input.settings} --experiment semisupervised "
+        "--dataset {wildcards.dataset} --setting {wildcards.setting} --surrogate {input.surrogate} "
+        "--data {input.data} --out-stems {params.stems} --device {params.device} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule train_uci:
+    input:
+        settings=SETTINGS_JSON,
+        data=data_of,
+    output:
+        results=job_outputs(".json", "uci", "uci"),
+        weights=job_outputs(".pt", "uci", "uci"),
+    params:
+        stems=lambda w, output: [p.removesuffix(".json") for p in output.results],
+        device=DEVICE,
+    log:
+        out("logs/train/uci/{dataset}/{setting}.log"),
+    benchmark:
+        out("benchmarks/train/uci/{dataset}/{setting}.tsv")
+    threads: 1
+    resources:
+        gpu=GPU,
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail train-ss --settings {input.settings} --experiment uci "
+        "--dataset {wildcards.dataset} --setting {wildcards.setting} --surrogate none "
+        "--data {input.data} --out-stems {params.stems} --device {params.device} --threads {threads} "
+        "> {log} 2>&1"
