@@ -18,10 +18,11 @@ import time
 import torch
 from torch import nn
 
+from .m2 import Labels, M2Ensemble
 from .model import VAEEnsemble
 from .nets import uniform_init
 from .runtime import configure_cpu
-from .train import MemberRandomness, TrainSettings, train_vae
+from .train import M2Task, MemberRandomness, TrainSettings, train_ensemble, train_vae
 
 HIDDEN = [50, 50, 50]
 BATCH = 100
@@ -100,6 +101,29 @@ def batched(members: int, samples: int, epochs: int) -> float:
     return members * 20 * epochs / (time.perf_counter() - start)
 
 
+def batched_m2(members: int, epochs: int) -> float:
+    """Model-steps per second of the batched semi-supervised (M2, VAE bounds) trainer on
+    2-D data with a binary label, 10 % of labels observed."""
+    labels = Labels("discrete", 2)
+    model = M2Ensemble(2, 1, labels, HIDDEN, members)
+    rngs = [MemberRandomness(s) for s in range(members)]
+    bounds = model.encoder_net.init_bounds(model.encoder) + model.discriminator_net.init_bounds(model.encoder)
+    uniform_init(model.encoder, bounds, [r.init for r in rngs])
+    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
+    model.set_sigma2(0.01)
+    x = _data(2200)
+    data = {"x_unlabelled": x[:2000].unsqueeze(0), "x_labelled": x[2000:].unsqueeze(0),
+            "y_labelled": torch.nn.functional.one_hot(torch.arange(200) % 2, 2).float().unsqueeze(0),
+            "x_valid": x[:200].unsqueeze(0)}
+    zeros = torch.zeros(members, dtype=torch.long)
+    weights = torch.ones(members)
+    task = M2Task("elbo", 1, data, zeros, weights, weights, BATCH, labels, 1)
+    train_ensemble(model, task, rngs, TrainSettings(epochs=1), progress_every=1e9)
+    start = time.perf_counter()
+    train_ensemble(model, task, rngs, TrainSettings(epochs=epochs), progress_every=1e9)
+    return members * task.steps_per_epoch * epochs / (time.perf_counter() - start)
+
+
 def sgemm_flops(n: int = 2048, repeats: int = 10) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
@@ -114,16 +138,21 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--members", type=int, default=200, help="ensemble size for the VAE")
     parser.add_argument("--iwae-members", type=int, default=10, help="ensemble size for IWAE S=20")
+    parser.add_argument("--m2-members", type=int, default=144,
+                        help="ensemble size for the semi-supervised step (default: 12 alpha-gamma x 12)")
     args = parser.parse_args(argv)
     configure_cpu()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.rounds} rounds")
-    runs = {k: [] for k in ("plain_vae", "batched_vae", "plain_iwae20", "batched_iwae20", "sgemm")}
+    runs = {k: [] for k in ("plain_vae", "batched_vae", "plain_iwae20", "batched_iwae20", "sgemm",
+                            "m2_single", "m2_batched")}
     for r in range(args.rounds):
         runs["plain_vae"].append(plain_loop(1, 300))
         runs["batched_vae"].append(batched(args.members, 1, 3))
         runs["plain_iwae20"].append(plain_loop(20, 100))
         runs["batched_iwae20"].append(batched(args.iwae_members, 20, 2))
         runs["sgemm"].append(sgemm_flops())
+        runs["m2_single"].append(batched_m2(1, 3))
+        runs["m2_batched"].append(batched_m2(args.m2_members, 2))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in runs.items()), flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     vae_flops = med["batched_vae"] * flops_per_model_step(1)
@@ -135,10 +164,14 @@ def main(argv=None) -> None:
     print(f"SGEMM 2048^3: {med['sgemm'] / 1e9:.1f} GFLOP/s | batched VAE {vae_flops / 1e9:.1f} GFLOP/s "
           f"({vae_flops / med['sgemm']:.0%}) | batched IWAE S=20 {iwae_flops / 1e9:.1f} GFLOP/s "
           f"({iwae_flops / med['sgemm']:.0%})")
+    print(f"M2 (VAE bounds) one member {med['m2_single']:6.0f} model-steps/s | batched (M={args.m2_members}) "
+          f"{med['m2_batched']:8.0f} model-steps/s | speed-up {med['m2_batched'] / med['m2_single']:.1f}x "
+          "(same trainer, one member vs many)")
     print(json.dumps({"speedup_vae": round(med["batched_vae"] / med["plain_vae"], 2),
                       "speedup_iwae20": round(med["batched_iwae20"] / med["plain_iwae20"], 2),
                       "sgemm_fraction": round(vae_flops / med["sgemm"], 3),
-                      "sgemm_fraction_iwae20": round(iwae_flops / med["sgemm"], 3)}))
+                      "sgemm_fraction_iwae20": round(iwae_flops / med["sgemm"], 3),
+                      "speedup_m2_batched_vs_single": round(med["m2_batched"] / med["m2_single"], 2)}))
 
 
 if __name__ == "__main__":
