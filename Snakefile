@@ -19,6 +19,8 @@ localrules:
     figure_panels,
     figure1,
     figure_latent,
+    figure2,
+    figure_ss_panels,
     paper,
 
 

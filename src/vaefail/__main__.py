@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
 
     c = command("figure", "draw one figure from saved results")
-    c.add_argument("--figure", required=True, choices=["panels", "figure1", "latent"])
+    c.add_argument("--figure", required=True, choices=["panels", "figure1", "latent", "figure2", "ss-panels"])
     c.add_argument("--outdir", required=True)
     c.add_argument("--dataset", default=None)
     c.add_argument("--method", default=None)
@@ -117,6 +117,9 @@ def main(argv=None) -> None:
     elif args.command == "table":
         from .tables import build_table
         build_table(settings, args.table, args.selected, args.out)
+    elif args.command == "figure" and args.figure in ("figure2", "ss-panels"):
+        from .figures_ss import draw_ss_figure
+        draw_ss_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)
     elif args.command == "figure":
         from .figures import draw_figure
         draw_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)

@@ -372,3 +372,142 @@ def kl_optimal_gaussians(decoder: Decoder, noise_variance: float, x, z_grid=None
         (-elbo.sum()).backward()
         opt.step()
     return m.detach(), 2 * log_s.detach()
+
+
+# --- semi-supervised (M2) posteriors: a label y beside the latent z ------------------------
+# A *decoder of inputs* maps [encoded y, z] (..., Y + K) -> (..., D): the ground-truth surrogate
+# (jobs.GroundTruthDecoder) and a learned M2 model (`m2_decoder`) both have this form.  Discrete
+# y is encoded one-hot (Y = classes) with a prior p(y) (uniform by default); continuous y is the
+# value itself (Y = 1) with prior N(0, 1), so (y, z) is a 2-D latent with prior N(0, I_2).
+def m2_decoder(model, member: int = 0) -> Decoder:
+    """f_theta(y, z) of one member of an M2Ensemble as inputs [y, z] (..., Y + K) -> (..., D)."""
+    Y = model.labels.dim
+
+    def f(inputs: torch.Tensor) -> torch.Tensor:
+        inputs = _t(inputs).to(model.decoder.flat.dtype)
+        lead = inputs.shape[:-1]
+        h = inputs.reshape(1, -1, inputs.shape[-1]).expand(model.M, -1, -1)
+        with torch.no_grad():
+            out = model.decode(h[..., :Y], h[..., Y:])[member]
+        return out.reshape(*lead, model.D).to(DTYPE)
+    return f
+
+
+def m2_encoder(model, x, y_encoded, member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z | x, y) of one M2 member for x (n, D) and encoded labels (n, Y): (mu, log_var), (n, K)."""
+    x = _t(x).to(model.encoder.flat.dtype)
+    y = _t(y_encoded).to(model.encoder.flat.dtype)
+    with torch.no_grad():
+        mu, log_var = model.encode(x.unsqueeze(0).expand(model.M, -1, -1),
+                                   y.unsqueeze(0).expand(model.M, -1, -1))
+    return mu[member].to(DTYPE), log_var[member].to(DTYPE)
+
+
+def m2_label_posterior(model, x, member: int = 0) -> torch.Tensor:
+    """The discriminator q(y | x) of one M2 member for x (n, D): class probabilities (n, C) for
+    discrete y, or (mean, log var) as (n, 2) for continuous y."""
+    x = _t(x).to(model.encoder.flat.dtype)
+    with torch.no_grad():
+        out = model.classify(x.unsqueeze(0).expand(model.M, -1, -1))[member].to(DTYPE)
+    return torch.softmax(out, -1) if model.labels.kind == "discrete" else out
+
+
+def one_hot(c: int, classes: int) -> torch.Tensor:
+    out = torch.zeros(classes, dtype=DTYPE)
+    out[c] = 1.0
+    return out
+
+
+def fixed_label_decoder(decoder_of_inputs: Decoder, y_encoded) -> Decoder:
+    """z (..., K) -> f([y, z]) for one fixed encoded label y (Y,)."""
+    y = _t(y_encoded).reshape(-1)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        z = _t(z)
+        return decoder_of_inputs(torch.cat([y.expand(*z.shape[:-1], y.numel()), z], -1))
+    return f
+
+
+def exact_posterior_discrete_label(decoder_of_inputs: Decoder, sigma2, x, z_grid, classes: int,
+                                   log_prior_y=None, chunk: int | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact joint posterior p(y = c, z | x) for a discrete label and a 1-D latent on a grid.
+
+    p(y, z | x) is proportional to N(x; f([one-hot(y), z]), diag(sigma2)) N(z; 0, 1) p(y), with
+    p(y) uniform unless log_prior_y (C,) is given.  Returns
+      joint (n, C, G): densities in z for each class, sum_c of their trapezoid integrals = 1;
+      p_y   (n, C):    p(y = c | x), the integral of joint[:, c] over the grid.
+    p(z | x) = joint.sum(1).
+    """
+    z_grid = _t(z_grid).reshape(-1)
+    x = _t(x)
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    log_py = (torch.full((classes,), -math.log(classes), dtype=DTYPE) if log_prior_y is None
+              else _t(log_prior_y).reshape(classes))
+    z = z_grid.unsqueeze(-1)
+    log_w = trapezoid_weights(z_grid).log()
+    log_prior = -0.5 * (LOG_2PI + z_grid ** 2)
+    lls = [decoder_log_likelihood(fixed_label_decoder(decoder_of_inputs, one_hot(c, classes)), sigma2)
+           for c in range(classes)]
+    joint = torch.empty(x.shape[0], classes, z_grid.numel(), dtype=DTYPE)
+    size = _chunk_size(classes * z_grid.numel(), chunk)
+    for s in range(0, x.shape[0], size):
+        log_joint = torch.stack([ll(x[s:s + size], z) + log_prior + log_py[c] for c, ll in enumerate(lls)], 1)
+        log_evidence = torch.logsumexp((log_joint + log_w).flatten(1), -1).reshape(-1, 1, 1)
+        joint[s:s + size] = (log_joint - log_evidence).exp()
+    return joint, joint @ trapezoid_weights(z_grid)
+
+
+def exact_posterior_continuous_label(decoder_of_inputs: Decoder, sigma2, x, y_grid, z_grid,
+                                     chunk: int | None = None) -> torch.Tensor:
+    """The exact joint posterior p(y, z | x) of a continuous label with prior N(0, 1) and a 1-D
+    latent, on the tensor grid y_grid x z_grid: (n, G_y, G_z), integrating to 1 under the
+    product trapezoid rule.  (With both priors standard normal, (y, z) is a 2-D latent.)"""
+    log_sigma2 = _t(sigma2).log()
+    return exact_posterior_grid(decoder_of_inputs, log_sigma2, x, [_t(y_grid).reshape(-1), _t(z_grid).reshape(-1)],
+                                2, chunk)
+
+
+def m2_encoder_mixture_discrete(model, x, z_grid, member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The M2 inference model's marginal over z, q(z | x) = sum_c q(y = c | x) q(z | x, y = c),
+    on a 1-D grid (K = 1): (density (n, G), q(y | x) (n, C))."""
+    x = _t(x)
+    C = model.labels.classes
+    q_y = m2_label_posterior(model, x, member)
+    dens = torch.zeros(x.shape[0], _t(z_grid).numel(), dtype=DTYPE)
+    for c in range(C):
+        mu, log_var = m2_encoder(model, x, one_hot(c, C).expand(x.shape[0], C), member)
+        dens += q_y[:, c:c + 1] * gaussian_density(mu, log_var, z_grid)
+    return dens, q_y
+
+
+def m2_encoder_joint_continuous(model, x, y_grid, z_grid, member: int = 0) -> torch.Tensor:
+    """The M2 inference model's joint q(y, z | x) = N(y; m(x), s^2(x)) N(z; mu(x, y), var(x, y))
+    of a continuous label on the grid y_grid x z_grid (K = 1): (n, G_y, G_z).  The encoder is
+    evaluated at every y of the grid, so the dependence of q(z | x, y) on y is kept."""
+    x = _t(x)
+    y_grid, z_grid = _t(y_grid).reshape(-1), _t(z_grid).reshape(-1)
+    n, Gy = x.shape[0], y_grid.numel()
+    out = m2_label_posterior(model, x, member)
+    m, log_s2 = out[:, :1], out[:, 1:]
+    log_q_y = -0.5 * (LOG_2PI + log_s2 + (y_grid.unsqueeze(0) - m) ** 2 / log_s2.exp())      # (n, Gy)
+    x_rep = x.unsqueeze(1).expand(n, Gy, x.shape[-1]).reshape(n * Gy, -1)
+    mu, log_var = m2_encoder(model, x_rep, y_grid.repeat(n).unsqueeze(-1), member)           # (n Gy, 1)
+    log_q_z = -0.5 * (LOG_2PI + log_var + (z_grid.unsqueeze(0) - mu) ** 2 / log_var.exp())   # (n Gy, Gz)
+    return (log_q_y.unsqueeze(-1) + log_q_z.reshape(n, Gy, -1)).exp()
+
+
+def hdr_levels(density, grid, masses=(0.5, 0.9, 0.99)) -> np.ndarray:
+    """Density thresholds of the highest-density regions of one gridded density (G_1, ..., G_K):
+    the region {density >= level_m} holds mass m (trapezoid rule).  grid: one 1-D grid for every
+    axis or a sequence of K grids.  Returns the levels in the order of `masses`."""
+    d = _t(density)
+    axes = _axes(grid, d.dim())
+    w = _log_weights(axes).exp()
+    p = d.reshape(-1)
+    order = torch.argsort(p, descending=True)
+    mass = torch.cumsum((p * w)[order], 0)
+    mass = mass / mass[-1]
+    idx = torch.searchsorted(mass, torch.tensor(list(masses), dtype=DTYPE)).clamp(max=p.numel() - 1)
+    return p[order][idx].numpy()

@@ -19,6 +19,7 @@ from .config import ROOT, settings_hash
 from .datasets import TITLES
 from .grid import base_datasets
 from .provenance import code_version
+from .tables import tex_label
 
 PAPER_SOURCES = ROOT / "paper"
 AGREEMENT_SDS = 2.0
@@ -49,7 +50,7 @@ def comparison_rows(tables: dict[str, pd.DataFrame]) -> str:
     lines = []
     for name, cells in tables.items():
         for _, row in cells[cells["paper_mean"].notna()].iterrows():
-            lines.append(" & ".join([tex(name), tex(row["row"]), tex(row["column"]),
+            lines.append(" & ".join([tex(name), tex_label(row["row"]), tex_label(row["column"]),
                                      f"{_num(row['mean'])} $\\pm$ {_num(row['sd'])}",
                                      f"{_num(row['paper_mean'])} $\\pm$ {_num(row['paper_sd'])}",
                                      verdict(row)]) + " \\\\")
@@ -205,6 +206,20 @@ def latent_figures(settings: dict, outdir: Path) -> str:
         for d in settings["latent_datasets"])
 
 
+def ss_figures(settings: dict, outdir: Path) -> str:
+    parts = []
+    if "discrete-semicircle" in settings["ss_datasets"]:
+        parts.append(_figure(outdir / "figures" / "figure2.pdf",
+                             "Discrete Semi-Circle: the true decoder $f(y,z)$ for $y=0,1$ and those learned by the "
+                             "selected VAE and IWAE (the paper's Figure~2)."))
+    parts += [_figure(outdir / "figures" / "ss-panels" / f"{d}-{m}.pdf",
+                      f"Semi-supervised {METHOD_NAMES[m]} on the {TITLES[d]} (the paper's Figures 15--20 show "
+                      "such panels): (a) $p(x)$, (b) $f(y,z)$ per $y$, (c) each cohort $p(x|y)$, true and learned; "
+                      "exact posteriors under (d) the true and (e) the learned decoder.")
+              for d in settings["ss_datasets"] for m in ("vae", "lin", "iwae")]
+    return "\n".join(parts)
+
+
 def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
     tables = {name: pd.read_csv(outdir / "tables" / f"{name}.csv") for name in TABLE_NAMES}
     version = code_version()
@@ -241,6 +256,7 @@ def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
         f"\\newcommand{{\\ClaimRows}}{{{claim_rows}}}",
         f"\\newcommand{{\\PanelFigures}}{{{panel_figures(settings, outdir)}}}",
         f"\\newcommand{{\\LatentFigures}}{{{latent_figures(settings, outdir)}}}",
+        f"\\newcommand{{\\SemiSupervisedFigures}}{{{ss_figures(settings, outdir)}}}",
         "",
     ])
 

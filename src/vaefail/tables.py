@@ -107,23 +107,26 @@ def _fmt(mean, sd, digits=3) -> str:
     return f"${mean:.{digits}f} \\pm {sd:.{digits}f}$" if np.isfinite(sd) else f"${mean:.{digits}f}$"
 
 
-def _tex_escape(text: str) -> str:
+def tex_label(text: str) -> str:
     return (text.replace("sigma^2", "$\\sigma^2$").replace("avg_i I(x; z_i)", "$\\mathrm{avg}_i I(x; z_i)$")
             .replace("(theta, phi)", "$(\\theta,\\phi)$").replace("log p(x)", "$\\log p(x)$"))
 
 
 def to_latex(cells: pd.DataFrame, caption: str, label: str) -> str:
-    """booktabs table: one line of our values per row, the paper's (where given) below it."""
+    """booktabs table: one line of our values per row, the paper's (where given) below it.
+    Wide tables (the cohort tables) are printed transposed."""
+    if cells["column"].nunique() > 6:
+        cells = cells.rename(columns={"row": "column", "column": "row"}).sort_values("row", kind="stable")
     columns = list(dict.fromkeys(cells["column"]))
     lines = ["\\begin{table}[htbp]", "\\centering", "\\small",
              f"\\caption{{{caption}}}", f"\\label{{{label}}}",
              "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
              "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
-             " & ".join([""] + [_tex_escape(c) for c in columns]) + " \\\\", "\\midrule"]
+             " & ".join([""] + [tex_label(c) for c in columns]) + " \\\\", "\\midrule"]
     for row, frame in cells.groupby("row", sort=False):
         by_col = frame.set_index("column")
         ours = [_fmt(by_col.at[c, "mean"], by_col.at[c, "sd"]) if c in by_col.index else "" for c in columns]
-        lines.append(" & ".join([_tex_escape(row)] + ours) + " \\\\")
+        lines.append(" & ".join([tex_label(row)] + ours) + " \\\\")
         if frame["paper_mean"].notna().any():
             paper = [f"\\textcolor{{gray}}{{{_fmt(by_col.at[c, 'paper_mean'], by_col.at[c, 'paper_sd'])}}}"
                      if c in by_col.index and np.isfinite(by_col.at[c, "paper_mean"]) else ""
@@ -168,6 +171,8 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
                    "Hyperparameters ($\\alpha$, $\\gamma$, the method's own"
                    + (", $K$, $\\sigma^2$" if uci else "") + f") chosen by {how} of $p(x)$. "
                    f"Grey: the paper's Table {name[-1]}.")
+    heading = "The paper's section 2.2 (Theorem 2)" if name == "theorem2" else f"The paper's Table {name[-1]}"
+    caption = f"\\textbf{{{heading}.}} {caption}"
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     cells.to_csv(out_csv, index=False)
     Path(out_csv).with_suffix(".tex").write_text(to_latex(cells, caption, f"tab:{name}"))

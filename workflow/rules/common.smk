@@ -83,6 +83,22 @@ def panel_runs(wildcards):
             for stem in grid.job_run_stems(SETTINGS, "unsupervised", wildcards.dataset, setting.id)]
 
 
+def ss_version0_runs(dataset, methods):
+    """Version-0 weights of every setting of these methods on one semi-supervised data set
+    (which one a figure draws is known only after selection)."""
+    return [out(f"{stem}.pt")
+            for setting in grid.experiment_settings(SETTINGS, "semisupervised")
+            if setting.method in methods
+            for stem in grid.job_run_stems(SETTINGS, "semisupervised", dataset, setting.id)
+            if "/v0/" in stem]
+
+
+SS_PANELS = [
+    out(f"figures/ss-panels/{dataset}-{method}.pdf")
+    for dataset in SETTINGS["ss_datasets"]
+    for method in grid.METHODS
+]
+SS_FIGURES = ([out("figures/figure2.pdf")] if "discrete-semicircle" in SETTINGS["ss_datasets"] else []) + SS_PANELS
 FIGURE_PANELS = [
     out(f"figures/panels/{dataset}-{method}.pdf")
     for dataset in SETTINGS["unsupervised_datasets"]
@@ -93,7 +109,8 @@ LATENT_FIGURES = [
 ]
 TABLES = [out(f"tables/{name}.csv")
           for name in ("table1", "table2", "theorem2", "table3", "table4", "table5", "table6")]
-PAPER_TARGETS = [out("paper.pdf"), *TABLES, out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES]
+FIGURES = [out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES, *SS_FIGURES]
+PAPER_TARGETS = [out("paper.pdf"), *TABLES, *FIGURES]
 
 if REDRAW:
     # Redraw tables, figures and the report from saved results, training nothing.
@@ -106,7 +123,7 @@ if REDRAW:
     if missing:
         by_folder = {}
         for p in missing:
-            folder = "/".join(Path(p).relative_to(OUT).parent.parts[:3]) or "."
+            folder = str(Path(*Path(p).relative_to(OUT).parent.parts[:3]))
             by_folder[folder] = by_folder.get(folder, 0) + 1
         summary = "\n  ".join(f"{folder}/: {n} missing" for folder, n in by_folder.items())
         raise WorkflowError(

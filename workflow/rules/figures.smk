@@ -65,3 +65,47 @@ rule figure_latent:
     shell:
         "python -m vaefail figure --settings {input.settings} --figure latent --outdir {params.outdir} "
         "--dataset {wildcards.dataset} --out {params.stem} > {log} 2>&1"
+
+
+rule figure2:
+    input:
+        settings=SETTINGS_JSON,
+        selected=out("selected/semisupervised.csv"),
+        weights=ss_version0_runs("discrete-semicircle", ("vae", "iwae")),
+        surrogate=out(grid.surrogate_path("discrete-semicircle")),
+        data=out(grid.data_path("discrete-semicircle", 0)),
+    output:
+        pdf=out("figures/figure2.pdf"),
+        png=out("figures/figure2.png"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+    log:
+        out("logs/figures/figure2.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail figure --settings {input.settings} --figure figure2 --outdir {params.outdir} "
+        "--out {params.stem} > {log} 2>&1"
+
+
+rule figure_ss_panels:
+    input:
+        settings=SETTINGS_JSON,
+        selected=out("selected/semisupervised.csv"),
+        weights=lambda w: ss_version0_runs(w.dataset, (w.method,)),
+        surrogate=surrogate_of,
+        data=out(grid.data_path("{dataset}", 0)),
+    output:
+        pdf=out("figures/ss-panels/{dataset}-{method}.pdf"),
+        png=out("figures/ss-panels/{dataset}-{method}.png"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+    log:
+        out("logs/figures/ss-panels-{dataset}-{method}.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail figure --settings {input.settings} --figure ss-panels --outdir {params.outdir} "
+        "--dataset {wildcards.dataset} --method {wildcards.method} --out {params.stem} > {log} 2>&1"

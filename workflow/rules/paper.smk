@@ -6,7 +6,7 @@ rule paper:
         settings=SETTINGS_JSON,
         sources=sorted(str(p) for p in Path(workflow.basedir, "paper").glob("*.tex")),
         tables=TABLES,
-        figures=[out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES],
+        figures=FIGURES,
     output:
         out("paper.pdf"),
     params:
