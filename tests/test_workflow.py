@@ -99,7 +99,8 @@ def test_smoke_run_records_provenance_per_restart(smoke_run):
 
 
 def test_smoke_run_draws_the_figures(smoke_run):
-    for path in ["figures/figure1", "figures/panels/clusters-iwae", "figures/latent/figure-8-5d"]:
+    for path in ["figures/figure1", "figures/panels/clusters-iwae", "figures/latent/figure-8-5d",
+                 "figures/figure2", "figures/ss-panels/continuous-semicircle-lin"]:
         assert (smoke_run / f"{path}.pdf").read_bytes()[:4] == b"%PDF"
         assert (smoke_run / f"{path}.png").stat().st_size > 10_000
 
