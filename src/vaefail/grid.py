@@ -11,12 +11,14 @@ Experiments:
                   latent_dims, sigma^2 learned; only K = 1 has GT-initialised restarts.
   semisupervised  Tables 3-4, Figures 2 and 15-20: M2 on the Semi-Circle examples, K = 1,
                   sigma^2 fixed at the truth, alpha x gamma per job.
-  uci             Tables 5-6: M2 on three UCI data sets; K and sigma^2 are hyperparameters,
-                  "versions" are the data splits, all restarts random.
+  uci             Tables 5-6: M2 on three UCI data sets; K and sigma^2 are hyperparameters
+                  (sigma^2 trained within the job, like alpha and gamma), "versions" are the
+                  data splits, all restarts random.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci")
 SEMI_SUPERVISED_EXPERIMENTS = ("semisupervised", "uci")
@@ -35,7 +37,6 @@ class Setting:
     samples: int = 1                      # S: IWAE importance samples
     lin_threshold: float | None = None    # T
     lin_inner_steps: int | None = None    # R
-    sigma2: float | None = None           # fixed observation variance (UCI); None: the truth
 
     @property
     def id(self) -> str:
@@ -46,8 +47,6 @@ class Setting:
             parts += [f"T{self.lin_threshold:g}", f"R{self.lin_inner_steps}"]
         if self.experiment in ("latent", "uci"):
             parts.append(f"K{self.latent_dim}")
-        if self.sigma2 is not None:
-            parts.append(f"s{self.sigma2:g}")
         return "-".join(parts)
 
     @property
@@ -101,8 +100,7 @@ def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) 
     if experiment == "uci":
         if dataset is None:
             raise ValueError("the uci experiment's settings depend on the data set")
-        return [s for k in cfg["uci_latent_dims"][dataset] for s2 in cfg["uci_sigma2"]
-                for s in _method_settings(cfg, experiment, latent_dim=k, sigma2=s2)]
+        return [s for k in cfg["uci_latent_dims"][dataset] for s in _method_settings(cfg, experiment, latent_dim=k)]
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
@@ -116,7 +114,7 @@ def find_setting(cfg: dict, experiment: str, setting_id: str, dataset: str | Non
 
 def n_versions(cfg: dict, experiment: str) -> int:
     """Data versions (UCI: data splits) of an experiment."""
-    return cfg["uci_splits"] if experiment == "uci" else cfg["versions"]
+    return {"uci": cfg["uci_splits"], "semisupervised": cfg["ss_versions"]}.get(experiment, cfg["versions"])
 
 
 def n_restarts(cfg: dict, experiment: str = "unsupervised") -> int:
@@ -133,11 +131,23 @@ def restart_init(cfg: dict, setting: Setting, restart: int) -> str:
     return "gt"
 
 
-def label_weights(cfg: dict, experiment: str) -> list[tuple[float, float]]:
-    """(alpha, gamma) pairs trained within each job; [(None, None)] when unsupervised."""
-    if experiment in SEMI_SUPERVISED_EXPERIMENTS:
-        return [(a, g) for a in cfg["ss_alphas"] for g in cfg["ss_gammas"]]
-    return [(None, None)]
+class Member(NamedTuple):
+    """One member of a training job's ensemble (one restart file)."""
+
+    version: int
+    restart: int
+    alpha: float | None = None    # M2: weight of the discriminator term
+    gamma: float | None = None    # M2: weight of the labelled bound
+    sigma2: float | None = None   # UCI: the fixed observation variance (a hyperparameter)
+
+
+def member_weights(cfg: dict, experiment: str) -> list[tuple]:
+    """The (alpha, gamma, sigma^2) combinations trained within each job of an experiment."""
+    if experiment == "semisupervised":
+        return [(a, g, None) for a in cfg["ss_alphas"] for g in cfg["ss_gammas"]]
+    if experiment == "uci":
+        return [(a, g, s2) for a in cfg["ss_alphas"] for g in cfg["ss_gammas"] for s2 in cfg["uci_sigma2"]]
+    return [(None, None, None)]
 
 
 def base_datasets(cfg: dict) -> list[str]:
@@ -163,7 +173,8 @@ def all_datasets(cfg: dict) -> list[str]:
 
 
 def dataset_versions(cfg: dict, dataset: str) -> int:
-    return cfg["uci_splits"] if dataset in UCI_DATASETS else cfg["versions"]
+    """Versions of a data set: the most any experiment that uses it needs."""
+    return max(n_versions(cfg, e) for e in EXPERIMENTS if dataset in experiment_datasets(cfg, e))
 
 
 # --- paths (relative to the output folder) -------------------------------------------
@@ -179,24 +190,33 @@ def gt_encoder_path(dataset: str, version: int) -> str:
     return f"gt_encoders/{dataset}/v{version}.pt"
 
 
-def weights_folder(alpha, gamma) -> str:
-    return "" if alpha is None else f"a{alpha:g}-g{gamma:g}/"
+def weights_folder(alpha=None, gamma=None, sigma2=None) -> str:
+    """The sub-folder of a job's (alpha, gamma[, sigma^2]) members; empty when unsupervised."""
+    if alpha is None:
+        return ""
+    return f"a{alpha:g}-g{gamma:g}" + ("" if sigma2 is None else f"-s{sigma2:g}") + "/"
 
 
 def run_stem(experiment: str, dataset: str, setting_id: str, version: int, restart: int,
-             alpha=None, gamma=None) -> str:
-    return f"runs/{experiment}/{dataset}/{setting_id}/{weights_folder(alpha, gamma)}v{version}/r{restart}"
+             alpha=None, gamma=None, sigma2=None) -> str:
+    folder = weights_folder(alpha, gamma, sigma2)
+    return f"runs/{experiment}/{dataset}/{setting_id}/{folder}v{version}/r{restart}"
 
 
-def job_members(cfg: dict, experiment: str) -> list[tuple]:
-    """(alpha, gamma, version, restart) of every member of one training job, in order."""
-    return [(a, g, v, r) for a, g in label_weights(cfg, experiment)
+def job_members(cfg: dict, experiment: str) -> list[Member]:
+    """Every member of one training job, in order."""
+    return [Member(v, r, a, g, s2) for a, g, s2 in member_weights(cfg, experiment)
             for v in range(n_versions(cfg, experiment)) for r in range(n_restarts(cfg, experiment))]
 
 
+def member_stem(experiment: str, dataset: str, setting_id: str, member: Member) -> str:
+    return run_stem(experiment, dataset, setting_id, member.version, member.restart, member.alpha,
+                    member.gamma, member.sigma2)
+
+
 def job_run_stems(cfg: dict, experiment: str, dataset: str, setting_id: str) -> list[str]:
-    """Every restart of every version (and alpha, gamma) that one training job produces."""
-    return [run_stem(experiment, dataset, setting_id, v, r, a, g) for a, g, v, r in job_members(cfg, experiment)]
+    """Every restart of every version (and alpha, gamma, sigma^2) that one training job produces."""
+    return [member_stem(experiment, dataset, setting_id, m) for m in job_members(cfg, experiment)]
 
 
 def experiment_run_stems(cfg: dict, experiment: str) -> list[str]:

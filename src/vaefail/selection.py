@@ -19,7 +19,7 @@ import pandas as pd
 from . import grid
 
 IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
-            "lin_inner_steps", "sigma2_mode", "alpha", "gamma", "version", "restart", "init", "seed", "status"]
+            "lin_inner_steps", "sigma2_mode", "alpha", "gamma", "sigma2_setting", "version", "restart", "init", "seed", "status"]
 
 
 def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFrame:
@@ -43,15 +43,12 @@ def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFra
         row["git_commit"] = record["provenance"]["git_commit"]
         rows.append(row)
     runs = pd.DataFrame(rows)
-    # a hyperparameter setting: the job's setting plus, for M2, its (alpha, gamma)
-    runs["hyper"] = runs["setting"]
-    if runs["alpha"].notna().any():
-        runs["hyper"] = runs["setting"] + "/" + grid_weights(runs["alpha"], runs["gamma"])
+    # a hyperparameter setting: the job's setting plus, for M2, its (alpha, gamma[, sigma^2])
+    def folder(row):
+        none = lambda v: None if pd.isna(v) else v  # noqa: E731
+        return grid.weights_folder(none(row["alpha"]), none(row["gamma"]), none(row["sigma2_setting"]))
+    runs["hyper"] = runs["setting"] + "/" + runs.apply(folder, axis=1)
     return runs
-
-
-def grid_weights(alpha: pd.Series, gamma: pd.Series) -> pd.Series:
-    return pd.Series([grid.weights_folder(a, g).rstrip("/") for a, g in zip(alpha, gamma)], index=alpha.index)
 
 
 def best_restarts(runs: pd.DataFrame) -> pd.DataFrame:

@@ -260,7 +260,7 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, rngs, rows: torch.Tensor, versi
 # --- training jobs --------------------------------------------------------------------------
 def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
                  data_paths: list[str], out_stems: list[str], device: str = "cpu") -> None:
-    """Train all (alpha, gamma) x versions x restarts of one setting as batched M2 ensembles
+    """Train all (alpha, gamma[, sigma^2]) x versions x restarts of one setting as batched M2 ensembles
     and write one result and one weights file per restart.  Ground-truth restarts start with
     the surrogate decoder and first fit their inference networks to it (decoder frozen) for
     gt_encoder_epochs on the ELBO version of their own objective."""
@@ -271,12 +271,12 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
     members = grid.job_members(settings, experiment)
     if len(out_stems) != len(members):
         raise ValueError(f"{len(out_stems)} output stems for {len(members)} restarts")
-    inits = [grid.restart_init(settings, setting, r) for _, _, _, r in members]
+    inits = [grid.restart_init(settings, setting, m.restart) for m in members]
     gt_decoder = GroundTruthDecoder(surrogate_pt) if "gt" in inits else None
     data = load_ss_versions(data_paths, labels, torch.float32, dev)
     data_dim = data["x_test"].shape[-1]
     hidden = settings["uci_hidden_layers"] if uci else settings["hidden_layers"]
-    sigma2 = setting.sigma2 if setting.sigma2 is not None else example(dataset).noise_variance
+    true_sigma2 = None if uci else example(dataset).noise_variance
     epochs = settings["uci_epochs"] if uci else settings["ss_epochs"]
     train_settings = TrainSettings(
         objective=setting.objective, samples=setting.samples, epochs=epochs, batch_size=settings["batch_size"],
@@ -291,10 +291,11 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
         part = [members[i] for i in chunk]
         seeds = [derive_seed(settings["seed"], experiment, dataset, setting_id, *member) for member in part]
         rngs = [MemberRandomness(s) for s in seeds]
-        versions = [v for _, _, v, _ in part]
+        versions = [m.version for m in part]
         rows = torch.tensor(versions)
-        alpha = torch.tensor([a for a, _, _, _ in part], dtype=torch.float32)
-        gamma = torch.tensor([g for _, g, _, _ in part], dtype=torch.float32)
+        alpha = torch.tensor([m.alpha for m in part], dtype=torch.float32)
+        gamma = torch.tensor([m.gamma for m in part], dtype=torch.float32)
+        sigma2 = torch.tensor([true_sigma2 if m.sigma2 is None else m.sigma2 for m in part])
         model = build_m2_ensemble(data_dim, setting.latent_dim, labels, hidden, rngs, [inits[i] for i in chunk],
                                   sigma2, gt_decoder, dev)
         task = M2Task(setting.objective, setting.samples, data, rows, alpha, gamma, settings["batch_size"],
@@ -307,12 +308,13 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
         results = evaluate_m2(model, task, rngs, rows.to(dev), versions, setting.objective, setting.samples,
                               settings, train_log.failed)
         for j, i in enumerate(chunk):
-            a, g, version, restart = members[i]
+            member = members[i]
             record = {
                 "experiment": experiment, "dataset": dataset, "setting": setting_id, "method": setting.method,
                 "latent_dim": setting.latent_dim, "samples": setting.samples,
                 "lin_threshold": setting.lin_threshold, "lin_inner_steps": setting.lin_inner_steps,
-                "sigma2_mode": "fixed", "alpha": a, "gamma": g, "version": version, "restart": restart,
+                "sigma2_mode": "fixed", "alpha": member.alpha, "gamma": member.gamma,
+                "sigma2_setting": member.sigma2, "version": member.version, "restart": member.restart,
                 "init": inits[i], "seed": seeds[j],
                 "train": {"epochs": epochs, "final_loss": float(train_log.final_loss[j]),
                           "failed_epoch": int(train_log.failed_epoch[j]),

@@ -25,7 +25,9 @@ except vconfig.ConfigError as error:
 DEVICE = vconfig.resolve_device(config.get("device", "auto"))
 GPU = 1 if DEVICE == "cuda" else 0
 REDRAW = str(config.get("redraw", False)).lower() == "true"  # --config passes text
-VERSIONS = range(SETTINGS["versions"])  # of the synthetic data sets; UCI splits: uci_splits
+VERSIONS = range(SETTINGS["versions"])  # of the unsupervised data sets; UCI splits: uci_splits
+# the dataset rule draws as many versions as any synthetic experiment needs
+SYNTHETIC_VERSIONS = range(max(SETTINGS["versions"], SETTINGS["ss_versions"]))
 SETTINGS_JSON = f"{OUT}/settings.json"
 CONDA_ENV = "../../envs/vaefail.yaml"  # relative to the rule files
 
@@ -67,11 +69,10 @@ def run_files(experiment, suffix=".json"):
 
 
 def job_outputs(suffix, experiment="{experiment}", grid_of="unsupervised"):
-    """Outputs of one training job: every restart of every version (and alpha, gamma of
-    `grid_of`'s members), as wildcard patterns."""
+    """Outputs of one training job: every member of `grid_of`'s jobs, as wildcard patterns."""
     return [
-        out(f"{grid.run_stem(experiment, '{dataset}', '{setting}', v, r, a, g)}{suffix}")
-        for a, g, v, r in grid.job_members(SETTINGS, grid_of)
+        out(f"{grid.member_stem(experiment, '{dataset}', '{setting}', member)}{suffix}")
+        for member in grid.job_members(SETTINGS, grid_of)
     ]
 
 

@@ -44,7 +44,7 @@ rule dataset:
         settings=SETTINGS_JSON,
         surrogate=surrogate_of,
     output:
-        [out(grid.data_path("{dataset}", v)) for v in VERSIONS],
+        [out(grid.data_path("{dataset}", v)) for v in SYNTHETIC_VERSIONS],
     log:
         out("logs/dataset/{dataset}.log"),
     conda:
