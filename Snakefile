@@ -8,12 +8,17 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
 # Light aggregation steps run where Snakemake runs, not as cluster jobs.
 localrules:
     all,
+    unsupervised,
+    semisupervised,
     select,
     table,
     figure_panels,
@@ -22,12 +27,28 @@ localrules:
     figure2,
     figure_ss_panels,
     paper,
+    run_record,
 
 
 rule all:
     input:
         PAPER_TARGETS,
     default_target: True
+
+
+# One half of the paper without the PDF: `snakemake --cores all semisupervised`.
+rule unsupervised:
+    input:
+        [t for t in TABLES if Path(t).stem in ("table1", "table2", "theorem2")],
+        out("figures/figure1.pdf"),
+        FIGURE_PANELS,
+        LATENT_FIGURES,
+
+
+rule semisupervised:
+    input:
+        [t for t in TABLES if Path(t).stem in ("table3", "table4", "table5", "table6")],
+        SS_FIGURES,
 
 
 if not REDRAW:
@@ -40,3 +61,4 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/record.smk"

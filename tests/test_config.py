@@ -75,3 +75,13 @@ def test_grid_paths_and_restart_kinds(raw):
     assert {grid.restart_init(s, k2, r) for r in range(10)} == {"random"}
     with pytest.raises(ValueError, match="known:"):
         grid.find_setting(s, "unsupervised", "iwae-S7")
+
+
+def test_semisupervised_restarts_are_counted_apart_from_the_unsupervised_ones(raw):
+    s = config.resolve({**raw, "scale": "paper", "ss_restarts_random": 1, "ss_restarts_gt": 2})
+    ss = grid.Setting("semisupervised", "vae")
+    assert grid.n_restarts(s, "semisupervised") == 3 and grid.n_restarts(s, "unsupervised") == 10
+    assert [grid.restart_init(s, ss, r) for r in range(3)] == ["random", "gt", "gt"]
+    assert len(grid.job_members(s, "semisupervised")) == 3 * 4 * 5 * 3  # alpha x gamma x versions x restarts
+    with pytest.raises(config.ConfigError, match="ss_restarts_random"):
+        config.resolve({**raw, "scale": "paper", "ss_restarts_random": 0, "ss_restarts_gt": 0})

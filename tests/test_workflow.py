@@ -114,12 +114,43 @@ def test_smoke_run_builds_the_report(smoke_run):
     assert json.loads((smoke_run / "settings.json").read_text())["settings_hash"] in generated
 
 
+def smoke_settings():
+    with open(ROOT / "config.yaml") as fh:
+        return config.resolve({**yaml.safe_load(fh), "scale": "smoke"})
+
+
+def test_smoke_run_keeps_a_run_record(smoke_run):
+    settings = smoke_settings()
+    times = pd.read_csv(smoke_run / "record" / "runtimes.csv")
+    train = times[times["stage"] == "train"]
+    assert len(train) == len(grid.training_jobs(settings)) and (train["seconds"] > 0).all()
+    prov = json.loads((smoke_run / "record" / "provenance.json").read_text())
+    n_results = sum(len(grid.experiment_run_stems(settings, e)) for e in grid.EXPERIMENTS)
+    assert prov["result_files"] == n_results == prov["seeds"]["distinct"]
+    recorded_hash = json.loads((smoke_run / "settings.json").read_text())["settings_hash"]
+    assert prov["settings_hash"] == recorded_hash and list(prov["result_settings_hashes"]) == [recorded_hash]
+    assert sum(prov["result_devices"].values()) == n_results
+
+
+def test_html_report_holds_tables_figures_and_the_run_record(smoke_run):
+    report = smoke_run / "report.html"
+    snakemake("--report", str(report), "--config", "scale=smoke", f"outdir={smoke_run}")
+    html = report.read_text()
+    for name in ("table1.csv", "table6.csv", "figure1.png", "figure2.png", "clusters-iwae.png",
+                 "runtimes.csv", "provenance.json", "paper.pdf"):
+        assert name in html, f"{name} is not in the HTML report"
+    assert "Table 6: smooth kNN statistic of each cohort" in html  # a rendered caption
+
+
 def test_redraw_rebuilds_outputs_without_training(smoke_run):
     run_file = smoke_run / "runs/unsupervised/clusters/vae/v1/r0.json"
     before = run_file.stat().st_mtime_ns
     table = smoke_run / "tables" / "table1.csv"
     table_before = table.stat().st_mtime_ns
-    result = snakemake("--cores", "2", "--forceall", "--config", "scale=smoke", f"outdir={smoke_run}", "redraw=true")
+    report = smoke_run / "report-redrawn.html"
+    result = snakemake("--cores", "2", "--forceall", "--config", "scale=smoke", f"outdir={smoke_run}", "redraw=true",
+                       "--report", str(report), "--report-after-run")
     assert "rule train" not in result.stdout + result.stderr
+    assert "table1.csv" in report.read_text()
     assert run_file.stat().st_mtime_ns == before
     assert table.stat().st_mtime_ns > table_before

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 
@@ -78,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--method", default=None)
     c.add_argument("--out", required=True, help="output path without extension (.pdf and .png)")
 
+    c = command("record", "write the run record: job run times and the results' provenance")
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out-runtimes", required=True)
+    c.add_argument("--out-provenance", required=True)
+
     c = command("paper", "build the reproduction report PDF with latexmk")
     c.add_argument("--outdir", required=True)
     c.add_argument("--out", required=True)
@@ -85,7 +91,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    """Run one command.  A result that cannot be written (a full disk: jobs.ResultWriteError)
+    ends the command with that message and exit status 1, not a traceback; SIGTERM ends it
+    like an exception (exit status 143), so a file being written is discarded, not left
+    half-written, and the previous results stay as they were."""
     args = _parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run(args)
+    except OSError as error:
+        from .jobs import ResultWriteError
+        if not isinstance(error, ResultWriteError):
+            raise
+        print(f"python -m vaefail {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum, frame) -> None:
+    print(f"python -m vaefail: terminated by signal {signum}", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def _run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .runtime import configure_cpu
@@ -123,6 +152,9 @@ def main(argv=None) -> None:
     elif args.command == "figure":
         from .figures import draw_figure
         draw_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)
+    elif args.command == "record":
+        from .record import write_run_record
+        write_run_record(settings, args.outdir, args.out_runtimes, args.out_provenance)
     elif args.command == "paper":
         from .report import build_paper
         build_paper(settings, args.outdir, args.out)

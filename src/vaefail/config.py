@@ -71,9 +71,11 @@ def resolve(config: dict) -> dict:
 
 
 def _check_constraints(s: dict) -> None:
-    if s["restarts_random"] + s["restarts_gt"] < 1:
-        raise ConfigError(f"restarts_random + restarts_gt = {s['restarts_random']} + {s['restarts_gt']}: "
-                          "at least one restart is needed")
+    for prefix in ("", "ss_"):
+        random, gt = s[f"{prefix}restarts_random"], s[f"{prefix}restarts_gt"]
+        if random + gt < 1:
+            raise ConfigError(f"{prefix}restarts_random + {prefix}restarts_gt = {random} + {gt}: "
+                              "at least one restart is needed")
     if s["n_train"] % s["batch_size"]:
         raise ConfigError(f"n_train = {s['n_train']} is not a multiple of batch_size = {s['batch_size']}; "
                           "choose n_train so that every epoch has whole minibatches")

@@ -120,13 +120,16 @@ def n_versions(cfg: dict, experiment: str) -> int:
 def n_restarts(cfg: dict, experiment: str = "unsupervised") -> int:
     if experiment == "uci":
         return cfg["uci_restarts"]
+    if experiment == "semisupervised":
+        return cfg["ss_restarts_random"] + cfg["ss_restarts_gt"]
     return cfg["restarts_random"] + cfg["restarts_gt"]
 
 
 def restart_init(cfg: dict, setting: Setting, restart: int) -> str:
-    """'random' or 'gt': the first restarts_random restarts are random, the rest start at
-    the ground truth; settings without a ground truth use random starts throughout."""
-    if restart < cfg["restarts_random"] or not setting.has_gt_restarts():
+    """'random' or 'gt': the first restarts_random (ss_restarts_random) restarts are random, the
+    rest start at the ground truth; settings without a ground truth use random starts throughout."""
+    n_random = cfg["ss_restarts_random" if setting.experiment == "semisupervised" else "restarts_random"]
+    if restart < n_random or not setting.has_gt_restarts():
         return "random"
     return "gt"
 

@@ -1,11 +1,16 @@
 """One function per workflow job: surrogate, data, GT encoders, training.
 
 Each reads its inputs, does one step of the pipeline and writes its outputs atomically
-(a temporary file renamed into place), so an interrupted job never leaves a
-half-written result that looks complete.
+(a temporary file in the same folder, synced and renamed into place), so an interrupted
+job never leaves a half-written result that looks complete, and a write that fails (a
+full disk) leaves whatever was at the path before as it was and raises ResultWriteError,
+whose message names the file and the cause.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import logging
 import math
@@ -45,29 +50,75 @@ GT_ELBO_LEARNING_RATE_FACTOR = 0.1   # learned sigma^2 of randomly initialised r
 
 
 # --- file helpers ----------------------------------------------------------------------
-def write_json(path: str | Path, obj) -> None:
+class ResultWriteError(OSError):
+    """A result file could not be written (disk full, quota, permissions...).
+
+    The file at `path` is as it was before the attempt (absent, or its previous
+    version) and no temporary file is left behind.  The message names the file and the
+    cause; the original OSError is chained as __cause__ and its errno is kept."""
+
+    REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+    def __init__(self, path: str | Path, cause: OSError):
+        reason = self.REASONS.get(cause.errno)
+        if reason:
+            message = (f"{reason} while writing {path}; nothing was written there and earlier "
+                       "results are untouched: free space and rerun")
+        else:
+            message = (f"could not write {path}: {cause.strerror or cause}; nothing was written "
+                       "there and earlier results are untouched")
+        super().__init__(cause.errno, message, str(path))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def temporary_path(path: str | Path) -> Path:
+    """Where a result is written before it is renamed to `path` (the same folder, so that
+    the rename is atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    return path.with_name(path.name + ".tmp")
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: to a temporary file, synced to disk (a full disk
+    shows here at the latest), then renamed over `path`.  On any error or interrupt the
+    temporary file is removed and `path` keeps its previous content; OSErrors are raised
+    as ResultWriteError."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:   # also KeyboardInterrupt and SystemExit (SIGTERM, see __main__)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise ResultWriteError(path, error) from error
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_bytes(path, json.dumps(obj, indent=1).encode())
 
 
 def save_torch(path: str | Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # serialised in memory first: torch.save into a file turns a failed write into an
+    # opaque RuntimeError ("unexpected pos ..."), so the bytes are written by write_bytes
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def save_npz(path: str | Path, arrays: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_settings(path: str | Path) -> dict:
@@ -286,6 +337,7 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
              if setting.method == "lin" else None))
     prov = provenance(settings, device)
     chunks = _chunks(len(members), settings["batch_size"] * setting.samples, dev)
+    n_failed = 0
     for c, chunk in enumerate(chunks):
         log.info("%s/%s/%s: training members %d-%d of %d (chunk %d/%d)", experiment, dataset, setting_id,
                  chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
@@ -301,6 +353,9 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
                                    samples=setting.samples, settings=settings, failed=train_log.failed)
         for j, i in enumerate(chunk):
             version, restart = members[i]
+            result = dict(results[j])
+            if result["status"] != "ok":
+                result.setdefault("reason", failure_reason(train_log, j, settings["epochs"]))
             record = {
                 "experiment": experiment, "dataset": dataset, "setting": setting_id,
                 "method": setting.method, "latent_dim": setting.latent_dim, "samples": setting.samples,
@@ -313,10 +368,31 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
                           "lin_inner_steps_taken": int(train_log.inner_steps[j]),
                           "ensemble_size": len(chunk),
                           "ensemble_seconds": round(train_log.seconds, 2)},
-                **results[j],
+                **result,
                 "provenance": prov,
             }
             if record["status"] != "ok":
-                log.warning("%s: member failed (%s)", out_stems[i], record.get("reason", "non-finite loss"))
+                n_failed += 1
+                log.warning("%s: member failed: %s", out_stems[i], record["reason"])
             save_torch(out_stems[i] + ".pt", member_state(model, j))
             write_json(out_stems[i] + ".json", record)
+    report_failures(f"{experiment}/{dataset}/{setting_id}", n_failed, len(members))
+
+
+def failure_reason(train_log, j: int, epochs: int) -> str:
+    """Why member j of a training log failed, for its result file."""
+    epoch = int(train_log.failed_epoch[j])
+    if epoch >= 0:
+        return f"non-finite training loss (NaN or inf) in epoch {epoch + 1} of {epochs}"
+    return "non-finite evaluation"
+
+
+def report_failures(job: str, n_failed: int, n_members: int) -> None:
+    """End a training job with a summary of its failed members (selection skips them)."""
+    if n_failed == n_members:
+        log.error("%s: all %d members failed (see the warnings above); their results are recorded "
+                  "with status 'failed' and selection leaves this setting out (a table cell with no "
+                  "other setting of its method stays empty). A learning_rate too large for this "
+                  "objective is a common cause.", job, n_members)
+    elif n_failed:
+        log.warning("%s: %d of %d members failed; selection skips them", job, n_failed, n_members)

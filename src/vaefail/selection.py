@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import grid
+from .jobs import write_bytes
 
 IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
             "lin_inner_steps", "sigma2_mode", "alpha", "gamma", "sigma2_setting", "version", "restart", "init", "seed", "status"]
@@ -53,6 +54,9 @@ def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFra
 
 def best_restarts(runs: pd.DataFrame) -> pd.DataFrame:
     ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        raise ValueError(f"all {len(runs)} restarts of this experiment failed (status 'failed' in their "
+                         "result files; the training logs name each cause): nothing to select")
     keys = ["dataset", "hyper", "version"]
     best = ok.loc[ok.groupby(keys)["objective_valid"].idxmax()]
     return best.sort_values(keys).reset_index(drop=True)
@@ -80,5 +84,5 @@ def select_experiment(settings: dict, experiment: str, outdir: str, out: str, ou
     runs.loc[runs.set_index(keys).index.isin(best.set_index(keys).index), "kept_restart"] = True
     selected = select_settings(best, settings["selection"], per_latent_dim=experiment != "uci")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out_all, index=False)
-    selected.to_csv(out, index=False)
+    write_bytes(out_all, runs.to_csv(index=False).encode())
+    write_bytes(out, selected.to_csv(index=False).encode())

@@ -15,7 +15,9 @@ from .jobs import (
     GroundTruthDecoder,
     _chunks,
     _copy_rows,
+    failure_reason,
     provenance,
+    report_failures,
     save_npz,
     save_torch,
     torch_device,
@@ -285,6 +287,7 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
              if setting.method == "lin" else None))
     prov = provenance(settings, device)
     chunks = _chunks(len(members), settings["batch_size"] * setting.samples, dev)
+    n_failed = 0
     for c, chunk in enumerate(chunks):
         log.info("%s/%s/%s: training members %d-%d of %d (chunk %d/%d)", experiment, dataset, setting_id,
                  chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
@@ -324,9 +327,12 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
                 **results[j], "provenance": prov,
             }
             if record["status"] != "ok":
-                log.warning("%s: member failed", out_stems[i])
+                record["reason"] = failure_reason(train_log, j, epochs)
+                n_failed += 1
+                log.warning("%s: member failed: %s", out_stems[i], record["reason"])
             save_torch(out_stems[i] + ".pt", m2_member_state(model, j))
             write_json(out_stems[i] + ".json", record)
+    report_failures(f"{experiment}/{dataset}/{setting_id}", n_failed, len(members))
 
 
 def _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, rngs, gt_rows, settings, labels, latent_dim,

@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import grid
 from .datasets import TITLES
+from .jobs import write_bytes
 from .paper_values import PAPER
 
 COLUMNS = ["table", "row", "column", "mean", "sd", "n", "paper_mean", "paper_sd"]
@@ -174,5 +175,5 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
     heading = "The paper's section 2.2 (Theorem 2)" if name == "theorem2" else f"The paper's Table {name[-1]}"
     caption = f"\\textbf{{{heading}.}} {caption}"
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    cells.to_csv(out_csv, index=False)
-    Path(out_csv).with_suffix(".tex").write_text(to_latex(cells, caption, f"tab:{name}"))
+    write_bytes(out_csv, cells.to_csv(index=False).encode())
+    write_bytes(Path(out_csv).with_suffix(".tex"), to_latex(cells, caption, f"tab:{name}").encode())

@@ -10,7 +10,12 @@ rule figure_panels:
         data=out(grid.data_path("{dataset}", 0)),
     output:
         pdf=out("figures/panels/{dataset}-{method}.pdf"),
-        png=out("figures/panels/{dataset}-{method}.png"),
+        png=report(
+            out("figures/panels/{dataset}-{method}.png"),
+            caption="../report/panels.rst",
+            category="Unsupervised figures",
+            subcategory="{dataset}",
+        ),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
         stem=lambda w, output: output.pdf.removesuffix(".pdf"),
@@ -32,7 +37,11 @@ rule figure1:
         data=[out(grid.data_path(d, 0)) for d in SETTINGS["unsupervised_datasets"]],
     output:
         pdf=out("figures/figure1.pdf"),
-        png=out("figures/figure1.png"),
+        png=report(
+            out("figures/figure1.png"),
+            caption="../report/figure1.rst",
+            category="Unsupervised figures",
+        ),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
         stem=lambda w, output: output.pdf.removesuffix(".pdf"),
@@ -54,7 +63,12 @@ rule figure_latent:
         data=out(grid.data_path("{dataset}", 0)),
     output:
         pdf=out("figures/latent/{dataset}.pdf"),
-        png=out("figures/latent/{dataset}.png"),
+        png=report(
+            out("figures/latent/{dataset}.png"),
+            caption="../report/latent.rst",
+            category="Latent-dimension figures",
+            subcategory="{dataset}",
+        ),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
         stem=lambda w, output: output.pdf.removesuffix(".pdf"),
@@ -76,7 +90,11 @@ rule figure2:
         data=out(grid.data_path("discrete-semicircle", 0)),
     output:
         pdf=out("figures/figure2.pdf"),
-        png=out("figures/figure2.png"),
+        png=report(
+            out("figures/figure2.png"),
+            caption="../report/figure2.rst",
+            category="Semi-supervised figures",
+        ),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
         stem=lambda w, output: output.pdf.removesuffix(".pdf"),
@@ -98,7 +116,12 @@ rule figure_ss_panels:
         data=out(grid.data_path("{dataset}", 0)),
     output:
         pdf=out("figures/ss-panels/{dataset}-{method}.pdf"),
-        png=out("figures/ss-panels/{dataset}-{method}.png"),
+        png=report(
+            out("figures/ss-panels/{dataset}-{method}.png"),
+            caption="../report/ss_panels.rst",
+            category="Semi-supervised figures",
+            subcategory="{dataset}",
+        ),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
         stem=lambda w, output: output.pdf.removesuffix(".pdf"),

@@ -7,8 +7,13 @@ rule paper:
         sources=sorted(str(p) for p in Path(workflow.basedir, "paper").glob("*.tex")),
         tables=TABLES,
         figures=FIGURES,
+        record=RECORD,
     output:
-        out("paper.pdf"),
+        report(
+            out("paper.pdf"),
+            caption="../report/paper.rst",
+            category="Reproduction report",
+        ),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
     log:

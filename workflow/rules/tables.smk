@@ -16,7 +16,9 @@ rule table:
         settings=SETTINGS_JSON,
         selected=lambda w: [out(f"selected/{e}.csv") for e in TABLE_INPUTS[w.table]],
     output:
-        csv=out("tables/{table}.csv"),
+        csv=report(
+            out("tables/{table}.csv"), caption="../report/table.rst", category="Tables"
+        ),
         tex=out("tables/{table}.tex"),
     wildcard_constraints:
         table="|".join(TABLE_INPUTS),
