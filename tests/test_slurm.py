@@ -1,0 +1,210 @@
+"""The workflow on a real SLURM cluster: the one-node cluster that
+tests/slurm/start-local-slurm.sh starts (.ci/run starts it; on a developer machine run it
+once as root).  The smoke scale runs through `--executor slurm` with the cluster profile
+workflow/profiles/slurm (training rules as GPU-requesting job arrays), then a failing job
+and a job that succeeds when retried.  What SLURM did is read back from SLURM itself
+(`scontrol show job`), not from Snakemake.
+
+Skipped when no SLURM answers, unless VAEFAIL_REQUIRE_SLURM=1 (set by .ci/run), where a
+missing cluster is a failure."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vaefail import config, grid
+from vaefail.config import ROOT
+
+PARTITION = "local"  # the partition of tests/slurm/slurm.conf.in
+PROFILES = ["--profile", "workflow/profiles/slurm", "--profile", "tests/slurm/profile"]
+TRAINING_RULES = {"unsupervised": "train", "noise": "train", "latent": "train",
+                  "semisupervised": "train_semisupervised", "uci": "train_uci"}
+# the rules that declare `gpu: 1` when run with --config device=cuda
+GPU_RULES = ("train", "train_semisupervised", "train_uci", "gt_encoders")
+# the Snakefile's `localrules:`, which run where Snakemake runs
+LOCAL_RULES = set(re.findall(r"\w+", re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)",
+                                               (ROOT / "Snakefile").read_text(), re.MULTILINE).group(1)))
+HAVE_LATEX = shutil.which("latexmk") is not None
+START = "tests/slurm/start-local-slurm.sh"
+
+
+def cluster_problem() -> str | None:
+    """Why the test cluster cannot take jobs, or None when it can."""
+    if shutil.which("sinfo") is None:
+        return "`sinfo` is not installed"
+    try:
+        result = subprocess.run(["sinfo", "--noheader", "--partition", PARTITION, "--format", "%T"],
+                                check=False, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "`sinfo` did not answer within 30 s"
+    if result.returncode != 0:
+        return f"`sinfo` failed: {result.stderr.strip()}"
+    states = result.stdout.split()
+    if not any(state in ("idle", "mixed", "allocated", "completing") for state in states):
+        return f"partition {PARTITION!r} has no node ready (states: {states or 'none'})"
+    return None
+
+
+PROBLEM = cluster_problem()
+REQUIRED = os.environ.get("VAEFAIL_REQUIRE_SLURM") == "1"
+pytestmark = pytest.mark.skipif(
+    PROBLEM is not None and not REQUIRED,
+    reason=f"no local SLURM cluster: {PROBLEM}; start one with `sudo {START}`")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    if PROBLEM is not None:
+        pytest.fail(f"VAEFAIL_REQUIRE_SLURM=1 but no local SLURM cluster: {PROBLEM} (did {START} run?)")
+
+
+class Run:
+    """A Snakemake run from the repository root with the cluster profile and the test
+    cluster's overrides, started in the background: the short runs spend most of their time
+    waiting for the plugin's status checks, so they wait while the smoke run works.  Its
+    output (stdout and stderr) goes to `log`."""
+
+    def __init__(self, log, *args):
+        self.log = log
+        self.started = time.monotonic()
+        with open(log, "w") as fh:
+            self.process = subprocess.Popen([sys.executable, "-m", "snakemake", *PROFILES, *args],
+                                            cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        self.output = None
+
+    def wait(self, timeout=900):
+        """Wait for the run to end; sets .returncode, .output and .seconds."""
+        if self.output is None:
+            self.returncode = self.process.wait(timeout=timeout)
+            self.seconds = time.monotonic() - self.started
+            self.output = self.log.read_text()
+        return self
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()  # Snakemake cancels its SLURM jobs (scancel)
+            self.process.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, slurm_cluster):
+    """All runs of this module, started at once."""
+    smoke = tmp_path_factory.mktemp("slurm-smoke")
+    failing = tmp_path_factory.mktemp("slurm-fail")
+    retried = tmp_path_factory.mktemp("slurm-retry")
+    logs = tmp_path_factory.mktemp("slurm-snakemake-logs")
+    # The training rules (and gt_encoders) ask for a GPU as with `device=cuda`, but train on
+    # the CPU: `device=cuda` itself makes the jobs stop (vaefail.jobs.torch_device) when
+    # torch sees no GPU, as on this cluster's pretend ones.
+    started = {
+        "smoke": Run(logs / "smoke.log", "--config", "scale=smoke", f"outdir={smoke}", "device=cpu",
+                     "--set-resources", *(f"{rule}:gpu=1" for rule in GPU_RULES),
+                     "--slurm-logdir", str(logs / "slurm")),
+        "fail": Run(logs / "fail.log", "--snakefile", "tests/slurm/fail.smk", "--directory", str(failing)),
+        "retry": Run(logs / "retry.log", "--snakefile", "tests/slurm/retry.smk", "--directory", str(retried),
+                     "--retries", "1"),
+    }
+    started["smoke"].outdir, started["retry"].workdir = smoke, retried
+    yield started
+    for run in started.values():
+        run.stop()
+
+
+def slurm_jobs(output: str) -> list[dict]:
+    """SLURM's record (`scontrol show job`) of every job, or job-array task, that this
+    Snakemake run submitted: the plugin names all of them after the run ID it prints."""
+    run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
+    listing = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    jobs = []
+    for line in listing.splitlines():
+        fields = dict(token.split("=", 1) for token in line.split() if "=" in token)
+        if fields.get("JobName") == run_id:
+            fields["line"] = line
+            jobs.append(fields)
+    return jobs
+
+
+def rule_of(job: dict) -> str:
+    """The rule of a SLURM job, from the comment the plugin gives it:
+    rule_<rule> or rule_<rule>_wildcards_<values>."""
+    return job.get("Comment", "").removeprefix("rule_").split("_wildcards_")[0]
+
+
+# ---- the smoke scale -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_run(runs):
+    """The smoke scale through SLURM: its folder, the run, and SLURM's records of its jobs."""
+    run = runs["smoke"].wait()
+    assert run.returncode == 0, f"smoke run through SLURM failed:\n{run.output[-8000:]}"
+    jobs = slurm_jobs(run.output)
+    print(f"\nsmoke scale through SLURM: {run.seconds:.0f} s wall, {len(jobs)} SLURM jobs")
+    return run.outdir, run, jobs
+
+
+def test_smoke_run_through_slurm_writes_the_tables_figures_and_report(smoke_run):
+    outdir, _, _ = smoke_run
+    for name in ("table1", "table2", "theorem2", "table3", "table4", "table5", "table6"):
+        assert (outdir / "tables" / f"{name}.csv").stat().st_size > 0
+    assert (outdir / "figures" / "figure1.pdf").read_bytes()[:4] == b"%PDF"
+    if HAVE_LATEX:
+        assert (outdir / "paper.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_training_jobs_ran_as_gpu_job_arrays_and_completed(smoke_run):
+    _, _, jobs = smoke_run
+    with open(ROOT / "config.yaml") as fh:
+        settings = config.resolve({**yaml.safe_load(fh), "scale": "smoke"})
+    expected = Counter(TRAINING_RULES[experiment] for experiment, _, _ in grid.training_jobs(settings))
+    for rule, count in expected.items():
+        tasks = [job for job in jobs if rule_of(job) == rule]
+        assert len(tasks) == count, f"{rule}: {len(tasks)} SLURM jobs, expected {count}"
+        for task in tasks:
+            assert "gpu" in task.get("TresPerJob", ""), f"{rule} asked SLURM for no GPU:\n{task['line']}"
+            assert task["JobState"] == "COMPLETED", task["line"]
+            assert task.get("ArrayJobId"), f"{rule} was not submitted as a job array:\n{task['line']}"
+
+
+def test_other_jobs_ran_on_slurm_without_a_gpu_and_local_rules_stayed_local(smoke_run):
+    _, _, jobs = smoke_run
+    rules = Counter(rule_of(job) for job in jobs)
+    assert rules["gt_encoders"] and rules["surrogate"] and rules["dataset"], rules
+    for job in jobs:
+        assert job["JobState"] == "COMPLETED", job["line"]
+        if rule_of(job) not in GPU_RULES:
+            assert "gpu" not in job.get("TresPerJob", ""), job["line"]
+    assert LOCAL_RULES >= {"all", "select", "paper"} and not set(rules) & LOCAL_RULES, rules
+
+
+# ---- failures and retries ------------------------------------------------------------------
+
+def test_a_failing_job_is_reported_as_failed_with_its_slurm_log(runs):
+    result = runs["fail"].wait()
+    assert result.returncode != 0, result.output
+    assert "Error in rule fail_on_purpose" in result.output, result.output
+    submitted = re.search(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", result.output)
+    job_id, log = submitted.group(1), submitted.group(2)
+    # the error report names the log, and the log holds what the job printed
+    error_report = result.output[result.output.index("Error in rule fail_on_purpose"):]
+    assert log in error_report, result.output
+    assert "fail_on_purpose exits 1 on purpose" in Path(log).read_text()
+    (job,) = slurm_jobs(result.output)
+    assert job["JobId"] == job_id and job["JobState"] == "FAILED" and job["ExitCode"] == "1:0", job["line"]
+
+
+def test_a_job_that_fails_once_succeeds_when_retried(runs):
+    result = runs["retry"].wait()
+    assert result.returncode == 0, result.output
+    assert (result.workdir / "flaky.txt").read_text() == "second attempt\n"
+    jobs = sorted((job for job in slurm_jobs(result.output) if rule_of(job) == "flaky"),
+                  key=lambda job: int(job["JobId"]))
+    assert [job["JobState"] for job in jobs] == ["FAILED", "COMPLETED"], [job["line"] for job in jobs]
