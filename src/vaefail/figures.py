@@ -100,8 +100,9 @@ def read_selected(outdir: str | Path, experiment: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["dataset", "method", "latent_dim", "version", "restart", "setting"])
 
 
-def load_selected(outdir: str | Path, table: pd.DataFrame, experiment: str, dataset: str, method: str,
-                  latent_dim: int | None = None, version: int = VERSION) -> Selected:
+def selected_row(table: pd.DataFrame, experiment: str, dataset: str, method: str, version: int,
+                 latent_dim: int | None = None) -> Selected:
+    """The selected row of `version` (no weights yet), or a note saying why there is none."""
     rows = table[(table["dataset"] == dataset) & (table["method"] == method)]
     if latent_dim is not None:
         rows = rows[rows["latent_dim"] == latent_dim]
@@ -113,7 +114,15 @@ def load_selected(outdir: str | Path, table: pd.DataFrame, experiment: str, data
         others = ", ".join(str(v) for v in sorted(rows["version"].unique()))
         return Selected(experiment, dataset, method, None, None,
                         f"every restart of version {version} failed (versions with a model: {others})")
-    row = here.iloc[0]
+    return Selected(experiment, dataset, method, here.iloc[0], None)
+
+
+def load_selected(outdir: str | Path, table: pd.DataFrame, experiment: str, dataset: str, method: str,
+                  latent_dim: int | None = None, version: int = VERSION) -> Selected:
+    chosen = selected_row(table, experiment, dataset, method, version, latent_dim)
+    if chosen.row is None:
+        return chosen
+    row = chosen.row
     path = Path(outdir) / (grid.run_stem(experiment, dataset, row["setting"], version, int(row["restart"])) + ".pt")
     if not path.exists():
         return Selected(experiment, dataset, method, row, None,

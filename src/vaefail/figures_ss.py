@@ -59,6 +59,7 @@ from .figures import (
     point_label,
     read_selected,
     save,
+    selected_row,
 )
 from .jobs import GroundTruthDecoder
 from .semisupervised import dataset_labels, encode_labels, load_m2_member
@@ -110,16 +111,10 @@ def load_ss_truth(outdir: str | Path, dataset: str) -> SSTruth:
 
 def load_ss_selected(outdir: str | Path, table, dataset: str, method: str, version: int = VERSION) -> Selected:
     """The selected restart of `version` of one (dataset, method) as a one-member M2Ensemble."""
-    rows = table[(table["dataset"] == dataset) & (table["method"] == method)]
-    if rows.empty:
-        return Selected(EXPERIMENT, dataset, method, None, None,
-                        "no selected model (every restart of every setting failed)")
-    here = rows[rows["version"] == version]
-    if here.empty:
-        others = ", ".join(str(v) for v in sorted(rows["version"].unique()))
-        return Selected(EXPERIMENT, dataset, method, None, None,
-                        f"every restart of version {version} failed (versions with a model: {others})")
-    row = here.iloc[0]
+    chosen = selected_row(table, EXPERIMENT, dataset, method, version)
+    if chosen.row is None:
+        return chosen
+    row = chosen.row
     stem = grid.run_stem(EXPERIMENT, dataset, row["setting"], version, int(row["restart"]),
                          float(row["alpha"]), float(row["gamma"]))
     path = Path(outdir) / (stem + ".pt")

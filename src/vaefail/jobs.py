@@ -26,11 +26,21 @@ from .datasets import EMBEDDING, example, sample_split
 from .evaluate import evaluate_members, mean_bound
 from .model import VAEEnsemble
 from .nets import FlatParameters, StackedMLP, uniform_init
+from .posteriors import (
+    ground_truth_log_likelihood,
+    kl_optimal_gaussians,
+    log_evidence_1d,
+)
 from .provenance import provenance
 from .surrogate import fit_surrogate
-from .posteriors import ground_truth_log_likelihood, kl_optimal_gaussians, log_evidence_1d
-from .train import (LinSettings, MemberRandomness, TrainSettings, derive_seed, fit_encoder_to_gaussians,
-                    train_vae)
+from .train import (
+    LinSettings,
+    MemberRandomness,
+    TrainSettings,
+    derive_seed,
+    fit_encoder_to_gaussians,
+    train_vae,
+)
 
 log = logging.getLogger("vaefail.jobs")
 
@@ -330,11 +340,7 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
                    if "gt" in inits else None)
     data = {split: load_versions(data_paths, split, torch.float32, dev)
             for split in ("train", "valid", "test")}
-    train_settings = TrainSettings(
-        objective=setting.objective, samples=setting.samples, epochs=settings["epochs"],
-        batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
-        lin=(LinSettings(setting.lin_threshold, setting.lin_inner_steps, settings["lin_mi_patience"])
-             if setting.method == "lin" else None))
+    train_settings = training_settings(settings, setting, settings["epochs"])
     prov = provenance(settings, device)
     chunks = _chunks(len(members), settings["batch_size"] * setting.samples, dev)
     n_failed = 0
@@ -377,6 +383,14 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
             save_torch(out_stems[i] + ".pt", member_state(model, j))
             write_json(out_stems[i] + ".json", record)
     report_failures(f"{experiment}/{dataset}/{setting_id}", n_failed, len(members))
+
+
+def training_settings(settings: dict, setting: grid.Setting, epochs: int) -> TrainSettings:
+    """How one grid setting trains: its objective, S, LIN's T and R, and the shared optimiser."""
+    lin = (LinSettings(setting.lin_threshold, setting.lin_inner_steps, settings["lin_mi_patience"])
+           if setting.method == "lin" else None)
+    return TrainSettings(objective=setting.objective, samples=setting.samples, epochs=epochs,
+                         batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], lin=lin)
 
 
 def failure_reason(train_log, j: int, epochs: int) -> str:

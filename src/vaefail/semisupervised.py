@@ -21,12 +21,12 @@ from .jobs import (
     save_npz,
     save_torch,
     torch_device,
+    training_settings,
     write_json,
 )
 from .m2 import BOUNDS, Labels, M2Ensemble, log_q_labels
 from .nets import uniform_init
 from .train import (
-    LinSettings,
     M2Task,
     MemberRandomness,
     TrainSettings,
@@ -280,11 +280,7 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
     hidden = settings["uci_hidden_layers"] if uci else settings["hidden_layers"]
     true_sigma2 = None if uci else example(dataset).noise_variance
     epochs = settings["uci_epochs"] if uci else settings["ss_epochs"]
-    train_settings = TrainSettings(
-        objective=setting.objective, samples=setting.samples, epochs=epochs, batch_size=settings["batch_size"],
-        learning_rate=settings["learning_rate"],
-        lin=(LinSettings(setting.lin_threshold, setting.lin_inner_steps, settings["lin_mi_patience"])
-             if setting.method == "lin" else None))
+    train_settings = training_settings(settings, setting, epochs)
     prov = provenance(settings, device)
     chunks = _chunks(len(members), settings["batch_size"] * setting.samples, dev)
     n_failed = 0
