@@ -371,3 +371,10 @@ def _job_log(outdir: Path, wildcards: str) -> str:
     values = dict(item.split("=") for item in wildcards.split(", "))
     path = outdir / "logs" / "train" / "uci" / values["dataset"] / f"{values['setting']}.log"
     return path.read_text() if path.exists() else ""
+
+
+def test_selection_stops_with_a_message_when_every_restart_failed():
+    runs = pd.DataFrame({"status": ["failed", "failed"], "dataset": ["clusters"] * 2, "hyper": ["vae"] * 2,
+                         "version": [0, 1]})
+    with pytest.raises(ValueError, match="all 2 restarts of this experiment failed"):
+        selection.best_restarts(runs)

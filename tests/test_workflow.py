@@ -154,3 +154,14 @@ def test_redraw_rebuilds_outputs_without_training(smoke_run):
     assert "table1.csv" in report.read_text()
     assert run_file.stat().st_mtime_ns == before
     assert table.stat().st_mtime_ns > table_before
+
+
+def test_each_half_of_the_paper_is_a_target_of_its_own(tmp_path):
+    def rules(target):
+        result = snakemake(target, "-n", "--quiet", "rules", "--profile", "workflow/profiles/local",
+                           "--config", "scale=smoke", f"outdir={tmp_path}")
+        return {line.split()[0] for line in result.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit()}
+    semi, unsup = rules("semisupervised"), rules("unsupervised")
+    assert {"train_semisupervised", "train_uci", "figure2"} <= semi and not {"train", "gt_encoders", "paper"} & semi
+    assert {"train", "gt_encoders", "figure1"} <= unsup and not {"train_semisupervised", "train_uci", "paper"} & unsup
