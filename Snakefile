@@ -5,13 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
-
-
 report: "workflow/report/workflow.rst"
 
 
-include: "workflow/rules/common.smk"
+include: "workflow/rules/common.smk"  # also reads config.yaml
 
 
 # Light aggregation steps run where Snakemake runs, not as cluster jobs.
@@ -33,6 +30,8 @@ localrules:
 rule all:
     input:
         PAPER_TARGETS,
+        UNSUPERVISED_RUNS,
+        SEMISUPERVISED_RUNS,
     default_target: True
 
 
@@ -43,12 +42,14 @@ rule unsupervised:
         out("figures/figure1.pdf"),
         FIGURE_PANELS,
         LATENT_FIGURES,
+        UNSUPERVISED_RUNS,
 
 
 rule semisupervised:
     input:
         [t for t in TABLES if Path(t).stem in ("table3", "table4", "table5", "table6")],
         SS_FIGURES,
+        SEMISUPERVISED_RUNS,
 
 
 if not REDRAW:

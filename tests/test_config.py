@@ -1,5 +1,7 @@
 """Configuration: presets, overrides, and errors that name the key, the value and the fix."""
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -85,3 +87,44 @@ def test_semisupervised_restarts_are_counted_apart_from_the_unsupervised_ones(ra
     assert len(grid.job_members(s, "semisupervised")) == 3 * 4 * 5 * 3  # alpha x gamma x versions x restarts
     with pytest.raises(config.ConfigError, match="ss_restarts_random"):
         config.resolve({**raw, "scale": "paper", "ss_restarts_random": 0, "ss_restarts_gt": 0})
+
+
+# --- the command line (issue 10) -------------------------------------------------------------
+def snakemake(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_list_settings_given_as_text_take_the_schemas_types(raw):
+    # what `snakemake --config 'ss_alphas=[0.0,1.0]' ...` hands over: list items as text
+    s = config.resolve({**raw, "scale": "smoke", "ss_alphas": ["0.0", "1.0"], "iwae_samples": ["10"],
+                        "uci_latent_dims": {"diabetic-retinopathy": ["2", "5"], "contraceptive": ["2"], "titanic": ["1"]}})
+    assert s["ss_alphas"] == [0.0, 1.0] and s["iwae_samples"] == [10]
+    assert s["uci_latent_dims"]["diabetic-retinopathy"] == [2, 5]
+    with pytest.raises(ConfigError, match=r"config key 'ss_alphas.0' = 'one': 'one' is not of type 'number'"):
+        config.resolve({**raw, "ss_alphas": ["one"]})
+
+
+def test_list_settings_can_be_overridden_on_the_command_line(tmp_path):
+    result = snakemake("-n", "--config", "scale=smoke", f"outdir={tmp_path}", "ss_alphas=[0.0,1.0]",
+                       "iwae_samples=[10]", "uci_latent_dims={diabetic-retinopathy: [2], contraceptive: [2], titanic: [1, 2]}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "setting=iwae-S10" in result.stdout and "setting=iwae-S3" not in result.stdout
+    assert "dataset=titanic, setting=vae-K2" in result.stdout
+
+
+def test_an_outdir_with_braces_is_refused(raw):
+    with pytest.raises(ConfigError, match=r"config key 'outdir' = 'runs/\{x\}'.*no \{ or \}"):
+        config.resolve({**raw, "outdir": "runs/{x}"})
+
+
+def test_a_yaml_error_names_its_line(tmp_path):
+    # a copy of config.yaml with one bad line, read from another working directory
+    lines = (ROOT / "config.yaml").read_text().splitlines()
+    bad_line = lines.index("device: auto        # auto | cpu | cuda  (cuda: training rules request `gpu: 1` from the executor)")
+    lines[bad_line] = "device: auto\n  misindented: value"
+    (tmp_path / "config.yaml").write_text("\n".join(lines) + "\n")
+    result = snakemake("-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path))
+    assert result.returncode != 0
+    assert (f"config.yaml is not valid YAML: mapping values are not allowed here at line {bad_line + 2}, column 14; "
+            "fix that line") in result.stdout + result.stderr

@@ -1,7 +1,9 @@
 """Reliability (issue 4): an interrupted run resumes without redoing finished jobs and
 leaves nothing half-written; reruns give bit-identical results; a full disk, a diverging
 member, corrupted data or a changed configuration end with a clear message and never cost
-an earlier result."""
+an earlier result.  Issue 10: a failed job's cause is on the screen, a damaged result is
+named with the rule that remakes it, the same command resumes after a kill, values on shell
+lines are quoted, and jobs run this checkout's code."""
 import errno
 import json
 import math
@@ -18,11 +20,10 @@ import pytest
 import torch
 import yaml
 
-from vaefail import config, grid, jobs, selection, uci
+from vaefail import config, files, grid, jobs, selection, uci
 from vaefail.config import ROOT
 from vaefail.semisupervised import make_uci_splits, train_ss_job
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 HAVE_DEV_FULL = os.path.exists("/dev/full")
 
@@ -46,7 +47,7 @@ def tiny(raw, tmp_path_factory):
     """Settings, a surrogate and two data versions of Clusters, and UCI Titanic splits."""
     root = tmp_path_factory.mktemp("tiny")
     settings = config.resolve({**raw, **TINY})
-    jobs.write_settings(settings, root / "settings.json", "smoke")
+    files.write_settings(settings, root / "settings.json", "smoke")
     surrogate = root / grid.surrogate_path("clusters")
     jobs.make_surrogate(settings, "clusters", str(surrogate))
     data = [str(root / grid.data_path("clusters", v)) for v in range(settings["versions"])]
@@ -103,7 +104,7 @@ def test_a_rerun_of_a_training_job_is_bit_identical_in_process_and_from_the_cli(
          "--experiment", "unsupervised", "--dataset", "clusters", "--setting", "vae",
          "--surrogate", tiny["surrogate"], "--data", *tiny["data"], "--gt-encoders",
          "--out-stems", *third, "--device", "cpu", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, env={**ENV, "PYTHONHASHSEED": "12345"})
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert result.returncode == 0, result.stderr[-3000:]
     _assert_identical_runs(first, second)
     _assert_identical_runs(first, third)
@@ -177,9 +178,9 @@ def test_a_job_whose_members_all_diverge_ends_with_a_clear_error_line(tiny, monk
 
 # --- 3. a full disk ------------------------------------------------------------------------
 WRITERS = {
-    "json": (jobs.write_json, {"a": 1}, "r0.json"),
-    "torch": (jobs.save_torch, {"w": torch.ones(3)}, "r0.pt"),
-    "npz": (jobs.save_npz, {"x": torch.ones(3).numpy()}, "v0.npz"),
+    "json": (files.write_json, {"a": 1}, "r0.json"),
+    "torch": (files.save_torch, {"w": torch.ones(3)}, "r0.pt"),
+    "npz": (files.save_npz, {"x": torch.ones(3).numpy()}, "v0.npz"),
 }
 
 
@@ -189,11 +190,11 @@ def _fill_disk(monkeypatch, path: Path, how: str) -> None:
     if how == "write":
         if not HAVE_DEV_FULL:
             pytest.skip("no /dev/full here")
-        os.symlink("/dev/full", jobs.temporary_path(path))
+        os.symlink("/dev/full", files.temporary_path(path))
     else:
         def fsync(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        monkeypatch.setattr(jobs.os, "fsync", fsync)
+        monkeypatch.setattr(files.os, "fsync", fsync)
 
 
 @pytest.mark.parametrize("how", ["write", "fsync"])
@@ -204,7 +205,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_result(kind, how, tmp_
     write(path, obj)                                   # an earlier result
     before, stat = path.read_bytes(), path.stat()
     _fill_disk(monkeypatch, path, how)
-    with pytest.raises(jobs.ResultWriteError) as info:
+    with pytest.raises(files.ResultWriteError) as info:
         write(path, {"b": 2} if kind == "json" else obj)
     message = str(info.value)
     assert message.startswith(f"no space left on device while writing {path};")
@@ -214,7 +215,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_result(kind, how, tmp_
     assert sorted(p.name for p in path.parent.iterdir()) == [name]      # no temporary file left
     fresh = tmp_path / "runs" / f"new-{name}"                             # nothing earlier: nothing left
     _fill_disk(monkeypatch, fresh, how)
-    with pytest.raises(jobs.ResultWriteError):
+    with pytest.raises(files.ResultWriteError):
         write(fresh, obj)
     assert sorted(p.name for p in path.parent.iterdir()) == [name]
 
@@ -222,10 +223,10 @@ def test_a_full_disk_names_the_file_and_keeps_the_earlier_result(kind, how, tmp_
 def test_other_write_errors_name_the_file_and_cause(tmp_path, monkeypatch):
     def fsync(fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
-    monkeypatch.setattr(jobs.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fsync", fsync)
     path = tmp_path / "r0.json"
-    with pytest.raises(jobs.ResultWriteError) as info:
-        jobs.write_json(path, {})
+    with pytest.raises(files.ResultWriteError) as info:
+        files.write_json(path, {})
     assert str(info.value) == (f"could not write {path}: {os.strerror(errno.EIO)}; nothing was written there "
                                "and earlier results are untouched")
     assert info.value.errno == errno.EIO and not list(tmp_path.iterdir())
@@ -234,12 +235,12 @@ def test_other_write_errors_name_the_file_and_cause(tmp_path, monkeypatch):
 @pytest.mark.skipif(not HAVE_DEV_FULL, reason="no /dev/full here")
 def test_the_cli_reports_a_full_disk_in_one_line_and_exits_non_zero(tmp_path):
     out = tmp_path / "settings.json"
-    jobs.write_settings({"seed": 1}, out, "smoke")
+    files.write_settings({"seed": 1}, out, "smoke")
     before = out.read_bytes()
-    os.symlink("/dev/full", jobs.temporary_path(out))
+    os.symlink("/dev/full", files.temporary_path(out))
     result = subprocess.run(
         [sys.executable, "-m", "vaefail", "settings", "--settings-json", '{"seed": 2}', "--scale", "smoke",
-         "--out", str(out)], capture_output=True, text=True, timeout=120, env=ENV)
+         "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (f"python -m vaefail settings: error: no space left on device while writing "
@@ -266,12 +267,12 @@ def test_corrupted_uci_data_is_refused_before_any_split_is_replaced(tiny, tmp_pa
 
 def test_a_run_with_other_settings_is_refused_and_leaves_the_folder_as_it_was(raw, tmp_path):
     settings = config.resolve({**raw, "scale": "smoke"})
-    jobs.write_settings(settings, tmp_path / "settings.json", "smoke")
+    files.write_settings(settings, tmp_path / "settings.json", "smoke")
     result_file = tmp_path / "runs" / "unsupervised" / "clusters" / "vae" / "v0" / "r0.json"
-    jobs.write_json(result_file, {"status": "ok"})
+    files.write_json(result_file, {"status": "ok"})
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*") if p.is_file()}
     result = subprocess.run([*SNAKEMAKE, "-n", "--config", "scale=smoke", f"outdir={tmp_path}", "epochs=3"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert f"{tmp_path} holds results of different settings (epochs: 2 -> 3)" in text
@@ -322,7 +323,7 @@ def test_a_run_killed_during_training_resumes_without_redoing_finished_jobs(raw,
     command = [*SNAKEMAKE, *targets, "--cores", "2", "--config", *overrides]
     log = tmp_path / "first-run.log"
     with open(log, "w") as fh:
-        first = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=fh, stderr=subprocess.STDOUT,
+        first = subprocess.Popen(command, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     try:
         # kill (as a scheduler or Ctrl-C does: every process of the group) once a training
@@ -355,7 +356,7 @@ def test_a_run_killed_during_training_resumes_without_redoing_finished_jobs(raw,
         assert isinstance(torch.load(result.with_suffix(".pt"), weights_only=True), dict)
     done = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for w in finished for p in _job_files(tmp_path, settings, w)}
 
-    second = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     text = second.stdout + second.stderr
     assert second.returncode == 0, text[-3000:]
     rerun, rerun_finished = _training(text)
@@ -378,3 +379,272 @@ def test_selection_stops_with_a_message_when_every_restart_failed():
                          "version": [0, 1]})
     with pytest.raises(ValueError, match="all 2 restarts of this experiment failed"):
         selection.best_restarts(runs)
+
+
+# --- 6. failures that explain themselves (issue 10) ---------------------------------------------
+def _valid(path: Path) -> None:
+    """Write a valid result of `path`'s kind."""
+    if path.suffix == ".json":
+        files.write_json(path, {"status": "ok", "provenance": {}})
+    elif path.suffix == ".pt":
+        files.save_torch(path, {"encoder": torch.ones(3)})
+    elif path.suffix == ".npz":
+        files.save_npz(path, {"x_train": torch.ones(3).numpy()})
+    else:
+        files.write_bytes(path, b"dataset,method\nclusters,vae\n")
+
+
+DAMAGES = {
+    "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),
+    "random bytes": lambda p: p.write_bytes(os.urandom(3000)),
+    "empty": lambda p: p.write_bytes(b""),
+    "deleted": lambda p: p.unlink(),
+}
+READERS = {".json": files.read_json, ".pt": files.load_weights, ".npz": files.load_npz, ".csv": files.read_csv}
+
+
+@pytest.mark.parametrize("relative, rule, damage", [
+    ("runs/unsupervised/figure-8/vae/v0/r0.json", "train", "truncated"),
+    ("runs/unsupervised/figure-8/vae/v0/r0.pt", "train", "random bytes"),
+    ("runs/semisupervised/discrete-semicircle/vae/a0-g1/v1/r0.pt", "train_semisupervised", "truncated"),
+    ("runs/uci/titanic/vae-K1/a0-g1-s0.5/v0/r0.json", "train_uci", "deleted"),
+    ("data/titanic/v0.npz", "uci_splits", "truncated"),
+    ("data/clusters/v1.npz", "dataset", "random bytes"),
+    ("surrogates/clusters.pt", "surrogate", "empty"),
+    ("gt_encoders/clusters/v0.pt", "gt_encoders", "truncated"),
+    ("selected/unsupervised.csv", "select", "empty"),
+    ("settings.json", "settings", "random bytes"),
+])
+def test_a_damaged_result_is_named_with_the_rule_that_remakes_it(tmp_path, relative, rule, damage):
+    path = tmp_path / "results dir" / relative
+    _valid(path)
+    DAMAGES[damage](path)
+    with pytest.raises(files.ResultReadError) as info:
+        READERS[path.suffix](path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert message.endswith(f"delete it and run the same snakemake command again to rerun the job of rule "
+                            f"'{rule}' that writes it")
+    assert "weights_only=False" not in message and "False" not in message   # never the unsafe advice
+    if path.suffix != ".csv":            # the cheap check (redraw, selection) refuses it too
+        with pytest.raises(files.ResultReadError, match=re.escape(str(path))):
+            files.check_readable(path)
+
+
+def test_the_readers_read_whole_results_back(tmp_path):
+    for name in ("r0.json", "r0.pt", "v0.npz", "selected.csv"):
+        _valid(tmp_path / name)
+    for name in ("r0.json", "r0.pt", "v0.npz"):
+        files.check_readable(tmp_path / name)
+    assert files.read_json(tmp_path / "r0.json")["status"] == "ok"
+    assert torch.equal(files.load_weights(tmp_path / "r0.pt")["encoder"], torch.ones(3))
+    assert files.load_npz(tmp_path / "v0.npz")["x_train"].tolist() == [1.0, 1.0, 1.0]
+    assert files.read_csv(tmp_path / "selected.csv", required=("method",))["method"].item() == "vae"
+    with pytest.raises(files.ResultReadError, match="lacks the column"):
+        files.read_csv(tmp_path / "selected.csv", required=("restart",))
+
+
+def _select(tiny, stems, monkeypatch):
+    relative = [str(Path(s).relative_to(tiny["root"])) for s in stems]
+    monkeypatch.setattr(grid, "experiment_run_stems", lambda settings, experiment: relative)
+    out, out_all = tiny["root"] / "sel" / "selected.csv", tiny["root"] / "sel" / "all.csv"
+    selection.select_experiment(tiny["settings"], "unsupervised", str(tiny["root"]), str(out), str(out_all))
+
+
+def test_selection_refuses_a_result_of_other_settings_or_with_damaged_weights(tiny, monkeypatch):
+    stems = _train(tiny, "checked")
+    _select(tiny, stems, monkeypatch)                      # all whole and of these settings: fine
+    result = Path(stems[2] + ".json")
+    record = json.loads(result.read_text())
+    record["provenance"]["settings_hash"] = "0123456789ab"
+    result.write_text(json.dumps(record))
+    with pytest.raises(files.ResultReadError) as info:
+        _select(tiny, stems, monkeypatch)
+    assert str(info.value).startswith(f"{result}: made with other settings (settings_hash 0123456789ab, "
+                                      f"this run's is {config.settings_hash(tiny['settings'])})")
+    _train(tiny, "checked")
+    weights = Path(stems[1] + ".pt")
+    os.truncate(weights, weights.stat().st_size - 100)
+    with pytest.raises(files.ResultReadError, match=re.escape(f"{weights}: not a whole .pt file")):
+        _select(tiny, stems, monkeypatch)
+
+
+def _settings_file(tmp_path) -> Path:
+    path = tmp_path / "settings.json"
+    files.write_settings(smoke_settings(), path, "smoke")
+    return path
+
+
+def test_a_failing_job_shows_its_cause_on_stderr_and_reads_its_declared_data_file(tmp_path):
+    """The uci-splits job reads the file the rule names (here a damaged copy elsewhere) and,
+    failing, prints the cause and its log's name on stderr, the screen of a workflow run."""
+    spec = uci.uci_spec("titanic")
+    copy = tmp_path / "other checkout" / "data" / "uci" / spec.path
+    copy.parent.mkdir(parents=True)
+    data = bytearray((uci.DEFAULT_DATA_DIR / spec.path).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    log = tmp_path / "logs" / "titanic.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "vaefail", "uci-splits", "--settings", str(_settings_file(tmp_path)),
+         "--dataset", "titanic", "--uci-file", str(copy), "--out", str(tmp_path / "v0.npz"), str(tmp_path / "v1.npz"),
+         "--log", str(log)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"python -m vaefail uci-splits: error: Titanic data file {copy} has sha256 ")
+    assert "restore it byte for byte" in lines[0] and lines[1:] == [f"  (log: {log})"]
+    assert lines[0] in log.read_text()
+    assert not (tmp_path / "v0.npz").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+def test_an_unexpected_error_shows_its_type_and_message_and_logs_the_traceback(tiny, tmp_path):
+    log = tmp_path / "train.log"
+    result = subprocess.run(
+        [sys.executable, "-m", "vaefail", "train", "--settings", str(tiny["root"] / "settings.json"),
+         "--experiment", "unsupervised", "--dataset", "clusters", "--setting", "vae",
+         "--surrogate", tiny["surrogate"], "--data", *tiny["data"], "--out-stems", *_stems(tiny, "cuda"),
+         "--device", "cuda", "--log", str(log)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("python -m vaefail train: error: RuntimeError: device 'cuda' was requested but torch "
+                            "sees no GPU") and first.endswith("run with --config device=cpu")
+    assert "Traceback" not in result.stderr and "Traceback" in log.read_text()
+
+
+@pytest.mark.skipif(not HAVE_DEV_FULL, reason="no /dev/full here")
+def test_a_job_whose_log_cannot_be_written_still_shows_its_error(tmp_path):
+    out = tmp_path / "settings.json"
+    os.symlink("/dev/full", files.temporary_path(out))
+    result = subprocess.run(
+        [sys.executable, "-m", "vaefail", "settings", "--settings-json", '{"seed": 2}', "--scale", "smoke",
+         "--out", str(out), "--log", "/dev/full"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"python -m vaefail settings: error: no space left on device while writing "
+                                          f"{out}; nothing was written there and earlier results are untouched: "
+                                          "free space and rerun", "  (log: /dev/full)"]
+
+
+# The workflow: values on shell lines, this checkout's code, resuming, the GPU check.
+# An output folder whose name would run commands if a shell line left it unquoted.
+HOSTILE_NAME = "out dir;touch INJECTED-1;$(touch INJECTED-2)`touch INJECTED-3`"
+UCI_JOB = {"dataset": "titanic", "setting": "vae-K1"}
+
+
+def _decoy_vaefail(folder: Path) -> Path:
+    """A `vaefail` package that, imported instead of this checkout's, leaves a mark."""
+    package = folder / "vaefail"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"open({str(folder / 'DECOY-IMPORTED')!r}, 'w').close()\n")
+    (package / "__main__.py").write_text("raise SystemExit(3)\n")
+    return folder
+
+
+def _uci_job_targets(outdir: Path) -> list[str]:
+    settings = smoke_settings()
+    stems = grid.job_run_stems(settings, "uci", UCI_JOB["dataset"], UCI_JOB["setting"])
+    return [str(outdir / "settings.json"), *(str(outdir / f"{s}{x}") for s in stems for x in (".json", ".pt"))]
+
+
+def smoke_settings() -> dict:
+    with open(ROOT / "config.yaml") as fh:
+        return config.resolve({**yaml.safe_load(fh), "scale": "smoke"})
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """One UCI training job and what it needs, into a hostile output folder, from a shell
+    whose Python path holds another `vaefail` first (as a second checkout's would be)."""
+    root = tmp_path_factory.mktemp("hostile")
+    outdir = root / HOSTILE_NAME
+    decoy = _decoy_vaefail(root / "decoy")
+    env = {**os.environ, "PYTHONPATH": str(decoy)}
+    command = [*SNAKEMAKE, "--cores", "2", "--config", "scale=smoke", f"outdir={outdir}", "--", *_uci_job_targets(outdir)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return {"root": root, "outdir": outdir, "decoy": decoy, "result": result}
+
+
+def test_values_on_shell_lines_are_quoted(hostile_run):
+    result, outdir = hostile_run["result"], hostile_run["outdir"]
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert not [p for p in hostile_run["root"].rglob("INJECTED-*")] + [p for p in ROOT.glob("INJECTED-*")]
+    for target in _uci_job_targets(outdir):
+        assert Path(target).is_file(), target
+    assert (outdir / "logs" / "train" / "uci" / "titanic" / "vae-K1.log").read_text()
+
+
+def test_jobs_run_this_checkouts_code(hostile_run):
+    assert hostile_run["result"].returncode == 0
+    assert not (hostile_run["decoy"] / "DECOY-IMPORTED").exists()
+
+
+def test_the_same_command_resumes_after_snakemake_is_killed(tmp_path):
+    """kill -9 of Snakemake while a job runs: the job goes on and writes its outputs, which
+    Snakemake still holds as incomplete, and the lock stays.  As the README says: --unlock,
+    then the same command, which (profiles/default: rerun-incomplete) redoes the job."""
+    settings = smoke_settings()
+    stems = grid.job_run_stems(settings, "uci", UCI_JOB["dataset"], UCI_JOB["setting"])
+    outputs = [tmp_path / f"{s}{x}" for s in stems for x in (".json", ".pt")]
+    command = [*SNAKEMAKE, "--cores", "2", "--config", "scale=smoke", f"outdir={tmp_path}", "uci_epochs=40",
+               "--", *map(str, outputs)]
+    first_log = tmp_path / "first-run.log"
+    with open(first_log, "w") as fh:
+        first = subprocess.Popen(command, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        job_log = tmp_path / "logs" / "train" / "uci" / UCI_JOB["dataset"] / f"{UCI_JOB['setting']}.log"
+        deadline = time.monotonic() + 240
+        while "training members" not in (job_log.read_text() if job_log.exists() else "") and first.poll() is None:
+            assert time.monotonic() < deadline, first_log.read_text()[-3000:]
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)               # Snakemake only: its job goes on
+        first.wait(timeout=60)
+        while not all(p.exists() for p in outputs):     # the orphaned job finishes
+            assert time.monotonic() < deadline, "the training job did not finish"
+            time.sleep(0.2)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    locked = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    unlock = subprocess.run([*command[:command.index("--")], "--unlock"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    before = outputs[0].stat().st_mtime_ns
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    text = again.stdout + again.stderr
+    assert again.returncode == 0, text[-3000:]
+    assert "rule train_uci:" in text and "IncompleteFilesException" not in text
+    assert outputs[0].stat().st_mtime_ns > before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+def test_a_local_run_on_a_gpu_torch_cannot_see_stops_before_any_job(tmp_path):
+    result = subprocess.run([*SNAKEMAKE, "--cores", "2", "--config", "scale=smoke", f"outdir={tmp_path}",
+                             "device=cuda", "--", *_uci_job_targets(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert ("device=cuda was asked for, but torch sees no GPU on this machine" in text
+            and "or run with --config device=cpu" in text)
+    assert not list(tmp_path.iterdir())          # no job ran
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+def test_a_cluster_run_with_device_cuda_is_submitted_from_a_login_node_without_gpu(tmp_path):
+    """No GPU check where Snakemake only submits: here the submission itself fails (a fake
+    sbatch), after the local settings job ran."""
+    fake = tmp_path / "fake-slurm"
+    fake.mkdir()
+    for command in ("sbatch", "sacct", "squeue", "sinfo", "scontrol", "scancel"):
+        (fake / command).write_text("#!/bin/sh\necho 'fake SLURM: not here' >&2\nexit 1\n")
+        (fake / command).chmod(0o755)
+    outdir = tmp_path / "out"
+    result = subprocess.run([*SNAKEMAKE, "--executor", "slurm", "--jobs", "1", "--slurm-init-seconds-before-status-checks",
+                             "1", "--config", "scale=smoke", f"outdir={outdir}", "device=cuda", "--",
+                             *_uci_job_targets(outdir)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    text = result.stdout + result.stderr
+    assert "torch sees no GPU" not in text
+    assert (outdir / "settings.json").is_file() and "Error in rule uci_splits" in text, text[-3000:]

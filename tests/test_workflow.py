@@ -18,8 +18,7 @@ HAVE_LATEX = shutil.which("latexmk") is not None
 
 
 def snakemake(*args, check=True, timeout=1800):
-    result = subprocess.run([*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    result = subprocess.run([*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -165,3 +164,46 @@ def test_each_half_of_the_paper_is_a_target_of_its_own(tmp_path):
     semi, unsup = rules("semisupervised"), rules("unsupervised")
     assert {"train_semisupervised", "train_uci", "figure2"} <= semi and not {"train", "gt_encoders", "paper"} & semi
     assert {"train", "gt_encoders", "figure1"} <= unsup and not {"train_semisupervised", "train_uci", "paper"} & unsup
+
+
+# --- damaged or deleted results (issue 10), on a copy of the smoke run ----------------------------
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path):
+    copy = tmp_path / "smoke"
+    shutil.copytree(smoke_run, copy, ignore=shutil.ignore_patterns("paper_build", "report*.html"))   # keeps mtimes
+    return copy
+
+
+def test_a_deleted_result_is_redone_by_the_same_command(smoke_copy):
+    deleted = smoke_copy / "runs/semisupervised/discrete-semicircle/vae/a0-g1/v1/r0.pt"
+    deleted.unlink()
+    result = snakemake("-n", "--config", "scale=smoke", f"outdir={smoke_copy}")
+    assert "rule train_semisupervised:" in result.stdout and str(deleted) in result.stdout
+    assert "wildcards: dataset=discrete-semicircle, setting=vae" in result.stdout
+
+
+def test_a_damaged_result_is_named_on_screen_by_a_rerun_and_redraw_stops_before_deleting_anything(smoke_copy):
+    truncated = smoke_copy / "runs/unsupervised/figure-8/vae/v0/r0.json"
+    os.truncate(truncated, 300)
+    garbled = smoke_copy / "runs/uci/titanic/vae-K1/a1-g1-s0.5/v1/r0.pt"
+    garbled.write_bytes(os.urandom(5000))
+    rerun = snakemake("--cores", "2", "--keep-going", "--config", "scale=smoke", f"outdir={smoke_copy}", "--",
+                      str(smoke_copy / "selected/unsupervised.csv"), str(smoke_copy / "selected/uci.csv"), check=False)
+    text = rerun.stdout + rerun.stderr
+    assert rerun.returncode != 0
+    assert (f"python -m vaefail select: error: {truncated}: not valid JSON (truncated or corrupted: JSONDecodeError: "
+            "Unterminated string") in text
+    assert (f"python -m vaefail select: error: {garbled}: not a whole .pt file (BadZipFile: File is not a zip file); "
+            "delete it and run the same snakemake command again to rerun the job of rule 'train_uci' that writes it"
+            ) in text
+    assert f"(log: {smoke_copy}/logs/select/unsupervised.log)" in text
+
+    outputs = {p: p.stat().st_mtime_ns for p in (smoke_copy / "tables").iterdir()}
+    redraw = snakemake("--cores", "2", "--forceall", "--config", "scale=smoke", f"outdir={smoke_copy}", "redraw=true",
+                       check=False)
+    text = redraw.stdout + redraw.stderr
+    assert redraw.returncode != 0
+    assert "2 of" in text and "cannot be read (nothing was deleted or redrawn)" in text
+    assert f"{truncated}: not valid JSON" in text and f"{garbled}: not a whole .pt file" in text
+    assert "Delete them and run the workflow without redraw=true" in text
+    assert {p: p.stat().st_mtime_ns for p in (smoke_copy / "tables").iterdir()} == outputs

@@ -5,10 +5,18 @@ Each command calls one function of the package; the Snakemake rules call these.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import traceback
+from pathlib import Path
+
+from .config import ConfigError
+from .files import ResultReadError, ResultWriteError
+from .uci import DataIntegrityError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("uci-splits", "verify a UCI data set and write its train/validation/test splits")
     c.add_argument("--dataset", required=True)
+    c.add_argument("--uci-file", required=True, help="the data set's file (data/uci/...)")
     c.add_argument("--out", nargs="+", required=True)
 
     c = command("select", "pick the best restart and hyperparameters of an experiment")
@@ -87,43 +96,112 @@ def _parser() -> argparse.ArgumentParser:
     c = command("paper", "build the reproduction report PDF with latexmk")
     c.add_argument("--outdir", required=True)
     c.add_argument("--out", required=True)
+    for c in sub.choices.values():
+        c.add_argument("--log", default=None,
+                       help="write the output here; a failure is also reported on stderr, naming this file")
     return p
 
 
+# Errors whose message says all (the file, the cause, the fix): shown without their type.
+EXPLAINED_ERRORS = (ResultWriteError, ResultReadError, ConfigError, DataIntegrityError)
+# Commands that need no torch (and no CPU tuning for it).
+TORCH_FREE_COMMANDS = ("settings", "select", "table", "record", "paper")
+
+
 def main(argv=None) -> None:
-    """Run one command.  A result that cannot be written (a full disk: jobs.ResultWriteError)
-    ends the command with that message and exit status 1, not a traceback; SIGTERM ends it
-    like an exception (exit status 143), so a file being written is discarded, not left
-    half-written, and the previous results stay as they were."""
+    """Run one command.  With --log, the command's output goes to that file and its error,
+    if it fails, also to stderr in one line naming the log: a workflow run shows the cause
+    of a failed job on screen, also when the log cannot be written (a full disk).  A failed
+    command exits with status 1 (a result that cannot be written or read: files.py's
+    messages; anything else: its type and message, the traceback in the log).  SIGTERM and
+    Ctrl-C end it like an exception (exit status 143 and 130), so a file being written is
+    discarded, not left half-written, and the previous results stay as they were."""
     args = _parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    name = f"python -m vaefail {args.command}"
+    screen = _send_output_to_log(args.log, name)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminate(signum, name, screen, args.log))
     try:
-        _run(args)
-    except OSError as error:
-        from .jobs import ResultWriteError
-        if not isinstance(error, ResultWriteError):
-            raise
-        print(f"python -m vaefail {args.command}: error: {error}", file=sys.stderr)
+        _run(args, name, screen)
+    except KeyboardInterrupt:
+        _report(screen, args.log, f"{name}: interrupted (Ctrl-C); nothing half-written is left")
+        sys.exit(130)
+    except Exception as error:    # noqa: BLE001 (every failure is reported the same way)
+        if isinstance(error, EXPLAINED_ERRORS):
+            message = str(error)
+        else:
+            with contextlib.suppress(OSError):   # into the log (not via logging: ERRORs go on screen too)
+                traceback.print_exc()
+            message = f"{type(error).__name__}: {error}"
+        _report(screen, args.log, f"{name}: error: {_shorten(message)}")
         sys.exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _terminate(signum, frame) -> None:
-    print(f"python -m vaefail: terminated by signal {signum}", file=sys.stderr)
+def _send_output_to_log(log_path: str | None, name: str):
+    """Point stdout and stderr (file descriptors 1 and 2: also C libraries' and child
+    processes' output) at `log_path`; return a stream to the original stderr, the screen of
+    a local run.  Without a log, or when it cannot be opened, everything stays on stderr."""
+    if log_path is None:
+        return sys.stderr
+    try:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as error:
+        print(f"{name}: cannot write its log {log_path} ({error.strerror}); logging here instead",
+              file=sys.stderr)
+        return sys.stderr
+    sys.stdout.flush()
+    sys.stderr.flush()
+    screen = os.fdopen(os.dup(2), "w", buffering=1)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return screen
+
+
+def _shorten(message: str, max_lines: int = 20) -> str:
+    lines = message.rstrip().splitlines() or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... ({len(lines) - max_lines} more lines in the log)"]
+    return "\n".join(lines)
+
+
+def _report(screen, log_path: str | None, line: str) -> None:
+    """`line` onto the screen, naming the log, and into the log (which may be unwritable:
+    a full disk)."""
+    if screen is not sys.stderr:
+        print(f"{line}\n  (log: {log_path})", file=screen, flush=True)
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        if screen is sys.stderr:
+            raise
+
+
+def _terminate(signum, name: str, screen, log_path: str | None) -> None:
+    _report(screen, log_path, f"{name}: terminated by signal {signum}; nothing half-written is left")
     raise SystemExit(128 + signum)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace, name: str, screen) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .runtime import configure_cpu
-    configure_cpu(getattr(args, "threads", None))
-    from . import jobs
+    if screen is not sys.stderr:   # errors logged by a job that goes on (all members failed) show too
+        on_screen = logging.StreamHandler(screen)
+        on_screen.setLevel(logging.ERROR)
+        on_screen.setFormatter(logging.Formatter(f"{name}: %(levelname)s: %(message)s"))
+        logging.getLogger().addHandler(on_screen)
+    if args.command not in TORCH_FREE_COMMANDS:
+        from .runtime import configure_cpu
+        configure_cpu(getattr(args, "threads", None))
+    from .files import load_settings, write_settings
     if args.command == "settings":
-        jobs.write_settings(json.loads(args.settings_json), args.out, args.scale)
+        write_settings(json.loads(args.settings_json), args.out, args.scale)
         return
-    settings = jobs.load_settings(args.settings)
+    settings = load_settings(args.settings)
+    if args.command in ("surrogate", "dataset", "gt-encoders", "train"):
+        from . import jobs
     if args.command == "surrogate":
         jobs.make_surrogate(settings, args.base, args.out)
     elif args.command == "dataset":
@@ -138,7 +216,11 @@ def _run(args: argparse.Namespace) -> None:
         train_ss_job(settings, args.experiment, args.dataset, args.setting, args.surrogate, args.data,
                      args.out_stems, args.device)
     elif args.command == "uci-splits":
+        from . import uci
         from .semisupervised import make_uci_splits
+        # make_uci_splits reads its file from uci.DEFAULT_DATA_DIR: point that at the folder of
+        # the file the rule declares, not at the data/uci next to whichever vaefail is imported
+        uci.DEFAULT_DATA_DIR = _uci_data_dir(args.dataset, args.uci_file)
         make_uci_splits(settings, args.dataset, args.out)
     elif args.command == "select":
         from .selection import select_experiment
@@ -158,6 +240,16 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "paper":
         from .report import build_paper
         build_paper(settings, args.outdir, args.out)
+
+
+def _uci_data_dir(dataset: str, uci_file: str) -> Path:
+    """The data directory that holds `uci_file` as the data set's file (data/uci/<its path>)."""
+    from .uci import uci_spec
+    relative = Path(uci_spec(dataset).path)
+    path = Path(uci_file)
+    if path.parts[-len(relative.parts):] != relative.parts:
+        raise ValueError(f"--uci-file {uci_file} is not the {dataset} file: it should end in {relative}")
+    return Path(*path.parts[:-len(relative.parts)]) if len(path.parts) > len(relative.parts) else Path(".")
 
 
 if __name__ == "__main__":

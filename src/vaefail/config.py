@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -41,6 +42,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
     for key in ("enum", "type", "minimum", "maximum", "exclusiveMinimum", "minItems"):
         if key in schema:
             allowed.append(f"{key} {schema[key]}")
+    if error.validator == "pattern" and "description" in schema:
+        allowed.append(schema["description"])
     hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
     return f"config key {where!r} = {error.instance!r}: {error.message}{hint}"
 
@@ -55,8 +58,72 @@ def validate(config: dict) -> None:
                           "Fix config.yaml or the --config override that sets it.")
 
 
+def check_yaml_syntax(path: str | Path) -> None:
+    """Raise ConfigError naming the line and column of a YAML syntax error in `path` (a
+    missing file is left to Snakemake's own message)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        what = " ".join(str(x) for x in (getattr(error, "context", None), getattr(error, "problem", None)) if x)
+        raise ConfigError(f"{path} is not valid YAML: {what or error} at {where}; fix that line "
+                          "(indent with spaces, not tabs; put a space after each ':')") from None
+
+
+def _from_text(value: str, schema: dict):
+    """`value` as the JSON type `schema` asks for, if the text is one; else unchanged."""
+    kind = schema.get("type")
+    if kind == "integer" and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        return int(value)
+    if kind == "number":
+        try:
+            return int(value) if re.fullmatch(r"[+-]?[0-9]+", value.strip()) else float(value)
+        except ValueError:
+            return value
+    if kind == "boolean" and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if kind in ("array", "object"):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if isinstance(parsed, list if kind == "array" else dict) else value
+    return value
+
+
+def _typed_like_schema(value, schema: dict, root: dict):
+    while "$ref" in schema:                       # "#/definitions/settings/properties/epochs"
+        node = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        schema = node
+    if isinstance(value, str):
+        value = _from_text(value, schema)
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_typed_like_schema(v, schema["items"], root) for v in value]
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return {k: _typed_like_schema(v, properties[k], root) if k in properties else v
+                for k, v in value.items()}
+    return value
+
+
+def typed_like_schema(config: dict) -> dict:
+    """A copy of `config` with text converted to the schema's types where it parses as them.
+
+    `snakemake --config 'ss_alphas=[0.0,1.0]'` hands over the list items as text ('0.0');
+    converted here, a list can be overridden on the command line like a number.  Text that
+    does not parse stays text, and validation names it."""
+    return _typed_like_schema(config, load_schema(), load_schema())
+
+
 def resolve(config: dict) -> dict:
     """Validated settings of the chosen scale, with top-level overrides applied."""
+    config = typed_like_schema(config)
     validate(config)
     scale = config["scale"]
     settings = dict(config["presets"][scale])
@@ -93,7 +160,17 @@ def settings_hash(settings: dict) -> str:
 
 
 def output_dir(config: dict) -> str:
-    return config.get("outdir") or f"results/{config['scale']}"
+    return str(config.get("outdir") or f"results/{config['scale']}")
+
+
+def require_cuda(configured: str) -> None:
+    """Raise ConfigError unless torch sees a GPU here (`configured`: the config's device)."""
+    import torch
+    if not torch.cuda.is_available():
+        why = "device=cuda was asked for" if configured == "cuda" else "device=auto chose cuda (a GPU driver is visible)"
+        raise ConfigError(f"{why}, but torch sees no GPU on this machine (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda}); install a CUDA build of torch (README, "
+                          "'Cluster and GPU') or run with --config device=cpu")
 
 
 def resolve_device(device: str) -> str:
@@ -111,11 +188,11 @@ def check_output_dir(settings: dict, outdir: str | Path) -> None:
     The first run records its settings in <outdir>/settings.json; a later run whose
     settings differ would overwrite those results, so it stops and names what changed.
     """
+    from .files import load_settings   # files imports this module
     record = Path(outdir) / "settings.json"
     if not record.exists():
         return
-    with open(record) as fh:
-        previous = json.load(fh)["settings"]
+    previous = load_settings(record)
     if previous == settings:
         return
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import settings_hash
+from .files import read_json, write_bytes, write_json
 from .provenance import code_version
 
 
@@ -34,7 +35,7 @@ def result_provenance(outdir: Path, settings: dict) -> dict:
     hashes = Counter()
     seeds = []
     for path in sorted((outdir / "runs").rglob("r*.json")):
-        record = json.loads(path.read_text())
+        record = read_json(path, required=("provenance", "seed"))
         prov = record["provenance"]
         commits[prov["git_commit"] + (" (uncommitted changes)" if prov.get("git_dirty") else "")] += 1
         packages[json.dumps(prov["packages"], sort_keys=True)] += 1
@@ -58,7 +59,6 @@ def result_provenance(outdir: Path, settings: dict) -> dict:
 
 def write_run_record(settings: dict, outdir: str | Path, out_runtimes: str | Path,
                      out_provenance: str | Path) -> None:
-    from .jobs import write_bytes, write_json
     outdir = Path(outdir)
     write_bytes(out_runtimes, job_runtimes(outdir).to_csv(index=False, float_format="%.2f").encode())
     write_json(out_provenance, result_provenance(outdir, settings))

@@ -10,25 +10,33 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import grid
-from .jobs import write_bytes
+from .config import settings_hash
+from .files import ResultReadError, check_readable, read_json, write_bytes
 
 IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
             "lin_inner_steps", "sigma2_mode", "alpha", "gamma", "sigma2_setting", "version", "restart", "init", "seed", "status"]
 
 
 def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFrame:
-    """One row per restart of the experiment's grid; vector metrics are split per dimension."""
+    """One row per restart of the experiment's grid; vector metrics are split per dimension.
+
+    Every result must be whole (its JSON, and its weights file a whole archive) and made
+    with these settings (its settings_hash): ResultReadError names the first that is not."""
     rows = []
+    expected_hash = settings_hash(settings)
     for stem in grid.experiment_run_stems(settings, experiment):
-        with open(Path(outdir) / f"{stem}.json") as fh:
-            record = json.load(fh)
+        path = Path(outdir) / f"{stem}.json"
+        record = read_json(path, required=("status", "train", "provenance"))
+        if record["provenance"].get("settings_hash") != expected_hash:
+            raise ResultReadError(path, f"made with other settings (settings_hash "
+                                        f"{record['provenance'].get('settings_hash')}, this run's is {expected_hash})")
+        check_readable(path.with_suffix(".pt"))
         row = {k: record.get(k) for k in IDENTITY}
         for key, value in record.items():
             if key in IDENTITY or key in ("train", "provenance"):

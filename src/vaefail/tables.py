@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import grid
 from .datasets import TITLES
-from .jobs import write_bytes
+from .files import read_csv, write_bytes
 from .paper_values import PAPER
 
 COLUMNS = ["table", "row", "column", "mean", "sd", "n", "paper_mean", "paper_sd"]
@@ -138,7 +138,7 @@ def to_latex(cells: pd.DataFrame, caption: str, label: str) -> str:
 
 
 def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: str) -> None:
-    frames = [pd.read_csv(p) for p in selected_paths]
+    frames = [read_csv(p) for p in selected_paths]
     n_versions = settings["versions"]
     how = SELECTION_TEXT[settings["selection"]]
     if name == "table1":

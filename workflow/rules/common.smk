@@ -2,34 +2,79 @@
 # live in the package (vaefail.grid) so that the workflow and the code agree.
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-# Jobs run `python`: the interpreter that runs Snakemake (e.g. .venv/bin), unless a conda
-# environment (--sdm conda) puts its own first on PATH.
-shell.prefix(f'set -euo pipefail; export PATH="{Path(sys.executable).parent}:$PATH"; ')
-
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+# This checkout's code, for the Snakefile and for every job: a vaefail installed elsewhere
+# in the environment (another checkout) must not answer instead.
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+
+
+def shell_word(value):
+    """`value` quoted for bash, its braces escaped for Snakemake's formatting."""
+    return shlex.quote(str(value)).replace("{", "{{").replace("}", "}}")
+
+
+# Jobs run `python`: the interpreter that runs Snakemake (e.g. .venv/bin), or with
+# --sdm conda the environment's own, which Snakemake activates before this prefix.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+PYTHON_ON_PATH = "" if USE_CONDA else f'export PATH={shell_word(Path(sys.executable).parent)}:"$PATH"; '
+# A job killed with SIGKILL cannot say so itself (SIGTERM and Ctrl-C it reports; see
+# vaefail.__main__): its shell does, on the screen.
+REPORT_SIGKILL = ("trap 'if [ $? -eq 137 ]; then echo \"the job was killed by SIGKILL (kill -9, or the "
+                  "out-of-memory killer: see dmesg); run the same command again to redo it\" >&2; fi' EXIT; ")
+shell.prefix(f"set -euo pipefail; {REPORT_SIGKILL}{PYTHON_ON_PATH}export PYTHONPATH={shell_word(SRC)}; ")
+shell.suffix("; :")  # bash then waits for the job instead of becoming it (exec), so the trap runs
+
 from vaefail import config as vconfig
+from vaefail import files
 from vaefail import grid
 from vaefail.uci import uci_spec
+
+if Path(vconfig.__file__).resolve().parent != (SRC / "vaefail").resolve():
+    raise WorkflowError(f"the workflow in {workflow.basedir} imported vaefail from {Path(vconfig.__file__).parent}, "
+                        f"not from its own {SRC / 'vaefail'}: remove that copy from the Python path")
+
+try:
+    vconfig.check_yaml_syntax("config.yaml")  # Snakemake's own message names no line
+except vconfig.ConfigError as error:
+    raise WorkflowError(str(error))
+
+
+configfile: "config.yaml"
+
 
 try:
     SETTINGS = vconfig.resolve(config)
     OUT = vconfig.output_dir(config)
     vconfig.check_output_dir(SETTINGS, OUT)
-except vconfig.ConfigError as error:
+except (vconfig.ConfigError, files.ResultReadError) as error:
     raise WorkflowError(str(error))
 
 DEVICE = vconfig.resolve_device(config.get("device", "auto"))
 GPU = 1 if DEVICE == "cuda" else 0
+GPU_RULES = ("gt_encoders", "train", "train_semisupervised", "train_uci")
 REDRAW = str(config.get("redraw", False)).lower() == "true"  # --config passes text
 VERSIONS = range(SETTINGS["versions"])  # of the unsupervised data sets; UCI splits: uci_splits
 # the dataset rule draws as many versions as any synthetic experiment needs
 SYNTHETIC_VERSIONS = range(max(SETTINGS["versions"], SETTINGS["ss_versions"]))
 SETTINGS_JSON = f"{OUT}/settings.json"
 CONDA_ENV = "../../envs/vaefail.yaml"  # relative to the rule files
+
+
+onstart:
+    # A local run that trains on the GPU stops here, before any job, if torch sees none.
+    # Not for a cluster: the login node that submits the jobs need not have a GPU.
+    if GPU and workflow.local_exec and any(j.rule.name in GPU_RULES for j in workflow.dag.needrun_jobs()):
+        try:
+            vconfig.require_cuda(config.get("device", "auto"))
+        except vconfig.ConfigError as error:
+            raise WorkflowError(str(error))
 
 
 UCI_PATTERN = "|".join(grid.UCI_DATASETS)
@@ -113,14 +158,18 @@ TABLES = [out(f"tables/{name}.csv")
 FIGURES = [out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES, *SS_FIGURES]
 RECORD = [out("record/runtimes.csv"), out("record/provenance.json")]
 PAPER_TARGETS = [out("paper.pdf"), *TABLES, *FIGURES, *RECORD]
+# Every per-restart result, asked for by the targets: Snakemake reruns the job of one
+# that was deleted, which it would not do for an intermediate file (the tables are newer).
+UNSUPERVISED_RUNS = [f for e in ("unsupervised", "noise", "latent") for s in (".json", ".pt") for f in run_files(e, s)]
+SEMISUPERVISED_RUNS = [f for e in grid.SEMI_SUPERVISED_EXPERIMENTS for s in (".json", ".pt") for f in run_files(e, s)]
 
-if REDRAW:
-    # Redraw tables, figures and the report from saved results, training nothing.
+if REDRAW and workflow.is_main_process:
+    # Redraw from saved results: check that every one is there and loads before any job
+    # runs (and --forceall deletes an output).
     needed = [SETTINGS_JSON, *(out(grid.surrogate_path(b)) for b in grid.base_datasets(SETTINGS))]
     needed += [out(grid.data_path(d, v)) for d in grid.all_datasets(SETTINGS)
                for v in range(grid.dataset_versions(SETTINGS, d))]
-    for experiment in grid.EXPERIMENTS:
-        needed += run_files(experiment, ".json") + run_files(experiment, ".pt")
+    needed += UNSUPERVISED_RUNS + SEMISUPERVISED_RUNS
     missing = [p for p in needed if not Path(p).exists()]
     if missing:
         by_folder = {}
@@ -132,4 +181,13 @@ if REDRAW:
             f"redraw needs saved results, but {len(missing)} of {len(needed)} files are missing "
             f"under {OUT}:\n  {summary}\nfirst missing: {missing[0]}\n"
             "Run the workflow without redraw=true to produce them."
+        )
+    unreadable = files.unreadable(needed)
+    if unreadable:
+        listed = "\n  ".join(f"{e.path}: {e.cause}" for e in unreadable[:10])
+        more = f"\n  ... and {len(unreadable) - 10} more" if len(unreadable) > 10 else ""
+        raise WorkflowError(
+            f"redraw needs saved results, but {len(unreadable)} of {len(needed)} files under {OUT} "
+            f"cannot be read (nothing was deleted or redrawn):\n  {listed}{more}\n"
+            "Delete them and run the workflow without redraw=true: it reruns the jobs that make them."
         )

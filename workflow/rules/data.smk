@@ -19,8 +19,8 @@ rule settings:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail settings --settings-json {params.settings:q} --scale {params.scale} "
-        "--out {output} > {log} 2>&1"
+        "python -m vaefail settings --settings-json {params.settings:q} --scale {params.scale:q} "
+        "--out {output:q} --log {log:q}"
 
 
 rule surrogate:
@@ -35,8 +35,8 @@ rule surrogate:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail surrogate --settings {input} --base {wildcards.base} "
-        "--out {output.pt} > {log} 2>&1"
+        "python -m vaefail surrogate --settings {input:q} --base {wildcards.base:q} "
+        "--out {output.pt:q} --log {log:q}"
 
 
 rule dataset:
@@ -50,8 +50,8 @@ rule dataset:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail dataset --settings {input.settings} --dataset {wildcards.dataset} "
-        "--surrogate {input.surrogate} --out {output} > {log} 2>&1"
+        "python -m vaefail dataset --settings {input.settings:q} --dataset {wildcards.dataset:q} "
+        "--surrogate {input.surrogate:q} --out {output:q} --log {log:q}"
 
 
 rule uci_splits:
@@ -65,8 +65,8 @@ rule uci_splits:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail uci-splits --settings {input.settings} --dataset {wildcards.uci} "
-        "--out {output} > {log} 2>&1"
+        "python -m vaefail uci-splits --settings {input.settings:q} --dataset {wildcards.uci:q} "
+        "--uci-file {input.data:q} --out {output:q} --log {log:q}"
 
 
 rule gt_encoders:
@@ -86,6 +86,6 @@ rule gt_encoders:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail gt-encoders --settings {input.settings} --dataset {wildcards.dataset} "
-        "--surrogate {input.surrogate} --data {input.data} --out {output} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "python -m vaefail gt-encoders --settings {input.settings:q} --dataset {wildcards.dataset:q} "
+        "--surrogate {input.surrogate:q} --data {input.data:q} --out {output:q} "
+        "--device {params.device:q} --threads {threads} --log {log:q}"

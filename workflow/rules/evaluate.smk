@@ -5,6 +5,8 @@ rule select:
     input:
         settings=SETTINGS_JSON,
         runs=lambda w: run_files(w.experiment),
+        # read too (each checked whole): a changed weights file reruns selection, which names it
+        weights=lambda w: run_files(w.experiment, ".pt"),
     output:
         selected=out("selected/{experiment}.csv"),
         all_runs=out("selected/{experiment}-all-restarts.csv"),
@@ -15,5 +17,5 @@ rule select:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail select --settings {input.settings} --experiment {wildcards.experiment} "
-        "--outdir {params.outdir} --out {output.selected} --out-all {output.all_runs} > {log} 2>&1"
+        "python -m vaefail select --settings {input.settings:q} --experiment {wildcards.experiment:q} "
+        "--outdir {params.outdir:q} --out {output.selected:q} --out-all {output.all_runs:q} --log {log:q}"

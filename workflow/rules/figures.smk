@@ -24,8 +24,8 @@ rule figure_panels:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure panels --outdir {params.outdir} "
-        "--dataset {wildcards.dataset} --method {wildcards.method} --out {params.stem} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings:q} --figure panels --outdir {params.outdir:q} "
+        "--dataset {wildcards.dataset:q} --method {wildcards.method:q} --out {params.stem:q} --log {log:q}"
 
 
 rule figure1:
@@ -50,8 +50,8 @@ rule figure1:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure figure1 --outdir {params.outdir} "
-        "--out {params.stem} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings:q} --figure figure1 --outdir {params.outdir:q} "
+        "--out {params.stem:q} --log {log:q}"
 
 
 rule figure_latent:
@@ -77,8 +77,8 @@ rule figure_latent:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure latent --outdir {params.outdir} "
-        "--dataset {wildcards.dataset} --out {params.stem} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings:q} --figure latent --outdir {params.outdir:q} "
+        "--dataset {wildcards.dataset:q} --out {params.stem:q} --log {log:q}"
 
 
 rule figure2:
@@ -103,8 +103,8 @@ rule figure2:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure figure2 --outdir {params.outdir} "
-        "--out {params.stem} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings:q} --figure figure2 --outdir {params.outdir:q} "
+        "--out {params.stem:q} --log {log:q}"
 
 
 rule figure_ss_panels:
@@ -130,5 +130,5 @@ rule figure_ss_panels:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail figure --settings {input.settings} --figure ss-panels --outdir {params.outdir} "
-        "--dataset {wildcards.dataset} --method {wildcards.method} --out {params.stem} > {log} 2>&1"
+        "python -m vaefail figure --settings {input.settings:q} --figure ss-panels --outdir {params.outdir:q} "
+        "--dataset {wildcards.dataset:q} --method {wildcards.method:q} --out {params.stem:q} --log {log:q}"

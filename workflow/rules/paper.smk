@@ -21,4 +21,5 @@ rule paper:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail paper --settings {input.settings} --outdir {params.outdir} --out {output} > {log} 2>&1"
+        "python -m vaefail paper --settings {input.settings:q} --outdir {params.outdir:q} --out {output:q} "
+        "--log {log:q}"

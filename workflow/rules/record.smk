@@ -24,5 +24,5 @@ rule run_record:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail record --settings {input.settings} --outdir {params.outdir} "
-        "--out-runtimes {output.runtimes} --out-provenance {output.provenance} > {log} 2>&1"
+        "python -m vaefail record --settings {input.settings:q} --outdir {params.outdir:q} "
+        "--out-runtimes {output.runtimes:q} --out-provenance {output.provenance:q} --log {log:q}"

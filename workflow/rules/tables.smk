@@ -27,5 +27,5 @@ rule table:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail table --settings {input.settings} --table {wildcards.table} "
-        "--selected {input.selected} --out {output.csv} > {log} 2>&1"
+        "python -m vaefail table --settings {input.settings:q} --table {wildcards.table:q} "
+        "--selected {input.selected:q} --out {output.csv:q} --log {log:q}"

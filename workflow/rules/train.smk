@@ -26,10 +26,10 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail train --settings {input.settings} --experiment {wildcards.experiment} "
-        "--dataset {wildcards.dataset} --setting {wildcards.setting} "
-        "--surrogate {input.surrogate} --data {input.data} --gt-encoders {input.gt_encoders} "
-        "--out-stems {params.stems} --device {params.device} --threads {threads} > {log} 2>&1"
+        "python -m vaefail train --settings {input.settings:q} --experiment {wildcards.experiment:q} "
+        "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} "
+        "--surrogate {input.surrogate:q} --data {input.data:q} --gt-encoders {input.gt_encoders:q} "
+        "--out-stems {params.stems:q} --device {params.device:q} --threads {threads} --log {log:q}"
 
 
 rule train_semisupervised:
@@ -53,10 +53,10 @@ rule train_semisupervised:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail train-ss --settings {input.settings} --experiment semisupervised "
-        "--dataset {wildcards.dataset} --setting {wildcards.setting} --surrogate {input.surrogate} "
-        "--data {input.data} --out-stems {params.stems} --device {params.device} --threads {threads} "
-        "> {log} 2>&1"
+        "python -m vaefail train-ss --settings {input.settings:q} --experiment semisupervised "
+        "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} --surrogate {input.surrogate:q} "
+        "--data {input.data:q} --out-stems {params.stems:q} --device {params.device:q} --threads {threads} "
+        "--log {log:q}"
 
 
 rule train_uci:
@@ -79,7 +79,7 @@ rule train_uci:
     conda:
         CONDA_ENV
     shell:
-        "python -m vaefail train-ss --settings {input.settings} --experiment uci "
-        "--dataset {wildcards.dataset} --setting {wildcards.setting} --surrogate none "
-        "--data {input.data} --out-stems {params.stems} --device {params.device} --threads {threads} "
-        "> {log} 2>&1"
+        "python -m vaefail train-ss --settings {input.settings:q} --experiment uci "
+        "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} --surrogate none "
+        "--data {input.data:q} --out-stems {params.stems:q} --device {params.device:q} --threads {threads} "
+        "--log {log:q}"
