@@ -6,20 +6,20 @@ import torch
 
 from vaefail import m2
 from vaefail.m2 import Labels, M2Ensemble
-from vaefail.nets import uniform_init
-from vaefail.train import M2Task, MemberRandomness, TrainSettings, LinSettings, train_ensemble
+from vaefail.nets import random_init
+from vaefail.randomness import MemberStreams
+from vaefail.train import M2Task, TrainSettings, LinSettings, train_ensemble
 
 torch.set_default_dtype(torch.float64)
 
 
-def _model(labels, M=1, seed=0, K=1, D=2):
-    model = M2Ensemble(D, K, labels, [16, 16], M, dtype=torch.float64)
-    gens = [torch.Generator().manual_seed(seed + m) for m in range(M)]
-    uniform_init(model.encoder, model.encoder_net.init_bounds(model.encoder), gens)
-    # the discriminator's init bounds live in the same flat tensor
-    bounds = model.encoder_net.init_bounds(model.encoder) + model.discriminator_net.init_bounds(model.encoder)
-    uniform_init(model.encoder, bounds, gens)
-    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), gens)
+def _model(labels, M=1, seed=0, K=1, D=2, unlabelled_posterior="x"):
+    model = M2Ensemble(D, K, labels, [16, 16], M, dtype=torch.float64, unlabelled_posterior=unlabelled_posterior)
+    streams = MemberStreams([seed + m for m in range(M)])
+    # the discriminator's init bounds live in the same flat tensor as the encoder's
+    bounds = model.encoder_init_bounds()
+    random_init(model.encoder, bounds, streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
     model.set_sigma2(0.1)
     return model
 
@@ -31,9 +31,10 @@ def _labels_for(labels, n, gen):
     return torch.randn(1, n, 1, generator=gen)
 
 
+@pytest.mark.parametrize("unlabelled_posterior", ["x", "xy"])
 @pytest.mark.parametrize("labels", [Labels("discrete", 3), Labels("continuous")])
-def test_iwae_bounds_with_one_sample_equal_the_vae_bounds_in_expectation(labels):
-    model = _model(labels)
+def test_iwae_bounds_with_one_sample_equal_the_vae_bounds_in_expectation(labels, unlabelled_posterior):
+    model = _model(labels, unlabelled_posterior=unlabelled_posterior)
     gen = torch.Generator().manual_seed(1)
     n, draws = 4, 200_000
     x = torch.randn(1, n, 2, generator=gen).repeat_interleave(draws, 1)
@@ -49,21 +50,37 @@ def test_iwae_bounds_with_one_sample_equal_the_vae_bounds_in_expectation(labels)
             assert torch.all((a - b).abs() < 5 * spread + 1e-3), (vae.__name__, a, b)
 
 
-def test_unlabelled_bound_with_a_one_hot_discriminator_at_the_true_label_is_the_labelled_bound():
+@pytest.mark.parametrize("unlabelled_posterior", ["x", "xy"])
+def test_unlabelled_bound_with_a_one_hot_discriminator_at_the_true_label_is_the_labelled_bound(unlabelled_posterior):
+    """With q(y|x) one-hot at the true y, U(x) is L(x, y) with the unlabelled bound's
+    z-posterior: q(z|x, y) itself for Kingma et al.'s variant, q(z|x) for the paper's."""
     labels = Labels("discrete", 3)
-    model = _model(labels)
+    model = _model(labels, unlabelled_posterior=unlabelled_posterior)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(1, 6, 2, generator=gen)
     y = _labels_for(labels, 6, gen)
-
-    original = model.classify
-    model.classify = lambda x_: torch.where(y.bool(), 0.0, -1e4).expand(*x_.shape[:-1], 3)
     eps_z = torch.randn(1, 6, 5, 1, generator=gen)
     eps_y = torch.randn(1, 6, 5, 3, generator=gen)
     with torch.no_grad():
-        for lab, unl in ((m2.labelled_elbo, m2.unlabelled_elbo), (m2.labelled_iwae, m2.unlabelled_iwae)):
-            assert torch.allclose(unl(model, x, eps_y, eps_z), lab(model, x, y, eps_z), atol=1e-9)
-    model.classify = original
+        model.classify = lambda x_: torch.where(y.bool(), 0.0, -1e4).expand(*x_.shape[:-1], 3)
+        unlabelled = [m2.unlabelled_elbo(model, x, eps_y, eps_z), m2.unlabelled_iwae(model, x, eps_y, eps_z)]
+        z_posterior = model.encode_unlabelled(x, y)
+        model.encode = lambda x_, y_: z_posterior   # L(x, y) with the unlabelled z-posterior
+        labelled = [m2.labelled_elbo(model, x, y, eps_z), m2.labelled_iwae(model, x, y, eps_z)]
+    for u, lab in zip(unlabelled, labelled):
+        assert torch.allclose(u, lab, atol=1e-9)
+
+
+def test_the_papers_unlabelled_posterior_does_not_see_the_label_and_kingmas_does():
+    labels = Labels("discrete", 2)
+    x = torch.randn(1, 5, 2, generator=torch.Generator().manual_seed(4))
+    y0 = torch.nn.functional.one_hot(torch.zeros(1, 5, dtype=torch.long), 2).double()
+    y1 = torch.nn.functional.one_hot(torch.ones(1, 5, dtype=torch.long), 2).double()
+    with torch.no_grad():
+        paper, kingma = _model(labels, unlabelled_posterior="x"), _model(labels, unlabelled_posterior="xy")
+        assert torch.equal(paper.encode_unlabelled(x, y0)[0], paper.encode_unlabelled(x, y1)[0])
+        assert not torch.allclose(kingma.encode_unlabelled(x, y0)[0], kingma.encode_unlabelled(x, y1)[0])
+    assert paper.encoder.size > kingma.encoder.size   # the extra network q(z|x)
 
 
 def test_relaxed_samples_lie_on_the_simplex_and_sharpen_as_the_temperature_falls():
@@ -104,10 +121,10 @@ def test_batched_m2_training_equals_training_each_member_alone(labels, bound, li
             with torch.no_grad():
                 model.encoder.flat[j].copy_(ref.encoder.flat[m])
                 model.decoder.flat[j].copy_(ref.decoder.flat[m])
-        rngs = [MemberRandomness(seeds[m]) for m in members]
+        streams = MemberStreams([seeds[m] for m in members])
         task = M2Task(bound, settings.samples, data, versions[members], alpha[members], gamma[members],
                       100, labels, 1)
-        log = train_ensemble(model, task, rngs, settings, progress_every=1e9)
+        log = train_ensemble(model, task, streams, settings, progress_every=1e9)
         return model, log
 
     batched, log = run([0, 1, 2])

@@ -3,15 +3,16 @@ import pytest
 import torch
 
 from vaefail.model import VAEEnsemble
-from vaefail.nets import FlatParameters, MaskedAdam, StackedMLP, uniform_init
-from vaefail.train import LinSettings, MemberRandomness, TrainSettings, train_vae
+from vaefail.nets import FlatParameters, MaskedAdam, StackedMLP, random_init
+from vaefail.randomness import MemberStreams
+from vaefail.train import LinSettings, TrainSettings, train_vae
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_adam_matches_torch_fused_adam_per_member(dtype):
     net = StackedMLP([2, 8, 3], "n.")
     params = FlatParameters(net.shapes(), 3, dtype=dtype)
-    uniform_init(params, net.init_bounds(params), [torch.Generator().manual_seed(i) for i in range(3)])
+    random_init(params, net.init_bounds(params), MemberStreams(range(3)), "init")
     reference = params.flat[1].detach().clone().requires_grad_(True)
     torch_adam = torch.optim.Adam([reference], lr=1e-2, fused=True)
     ours = MaskedAdam(params, lr=1e-2)
@@ -26,10 +27,37 @@ def test_adam_matches_torch_fused_adam_per_member(dtype):
     assert torch.allclose(params.flat[1], reference.detach(), rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-14)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_masked_adam_matches_torch_adam_on_each_member_that_updates(dtype):
+    """With masks the step counts differ per member: each member still follows torch's Adam
+    taking exactly the steps its mask allowed."""
+    net = StackedMLP([2, 8, 3], "n.")
+    params = FlatParameters(net.shapes(), 3, dtype=dtype)
+    random_init(params, net.init_bounds(params), MemberStreams(range(3)), "init")
+    references = [params.flat[m].detach().clone().requires_grad_(True) for m in range(3)]
+    torch_adams = [torch.optim.Adam([r], lr=1e-2, fused=True) for r in references]
+    ours = MaskedAdam(params, lr=1e-2)
+    gen = torch.Generator().manual_seed(9)
+    for step in range(30):
+        grad = torch.randn(params.flat.shape, generator=gen, dtype=dtype)
+        mask = torch.tensor([True, step % 3 != 1, step < 10 or step % 2 == 0])
+        params.grad.copy_(grad)
+        params.grad[~mask] = float("nan")        # what a masked (failed) member may hold
+        ours.step(mask)
+        for m in range(3):
+            if mask[m]:
+                references[m].grad = grad[m].clone()
+                torch_adams[m].step()
+    for m in range(3):
+        assert torch.allclose(params.flat[m], references[m].detach(), rtol=0,
+                              atol=1e-6 if dtype == torch.float32 else 1e-14)
+    assert ours.steps.tolist() == [30, 20, 20]
+
+
 def test_masked_member_is_left_exactly_as_it_was_even_with_nan_gradients():
     net = StackedMLP([2, 8, 3], "n.")
     params = FlatParameters(net.shapes(), 3, dtype=torch.float64)
-    uniform_init(params, net.init_bounds(params), [torch.Generator().manual_seed(i) for i in range(3)])
+    random_init(params, net.init_bounds(params), MemberStreams(range(3)), "init")
     opt = MaskedAdam(params)
     params.grad.fill_(0.5)
     opt.step(torch.ones(3, dtype=torch.bool))
@@ -53,11 +81,11 @@ def _data(n_versions=2, n=400, gen_seed=0):
 
 def _ensemble(seeds, sigma2_mode="fixed"):
     model = VAEEnsemble(2, 1, [16, 16], len(seeds), sigma2_mode, dtype=torch.float64)
-    rngs = [MemberRandomness(s) for s in seeds]
-    uniform_init(model.encoder, model.encoder_net.init_bounds(model.encoder), [r.init for r in rngs])
-    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
+    streams = MemberStreams(seeds)
+    random_init(model.encoder, model.encoder_net.init_bounds(model.encoder), streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
     model.set_sigma2(0.05)
-    return model, rngs
+    return model, streams
 
 
 CASES = {

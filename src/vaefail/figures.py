@@ -27,9 +27,10 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from . import grid, jobs  # noqa: E402
+from .files import load_npz, read_csv  # noqa: E402
 from . import posteriors as P  # noqa: E402
 from .datasets import TITLES, example  # noqa: E402
-from .train import derive_seed  # noqa: E402
+from .randomness import derive_seed  # noqa: E402
 
 PNG_DPI = 110
 VERSION = 0                       # the data version whose selected restart is drawn
@@ -95,7 +96,7 @@ def fmt_sigma2(values) -> str:
 def read_selected(outdir: str | Path, experiment: str) -> pd.DataFrame:
     path = Path(outdir) / "selected" / f"{experiment}.csv"
     try:
-        return pd.read_csv(path)
+        return read_csv(path)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         return pd.DataFrame(columns=["dataset", "method", "latent_dim", "version", "restart", "setting"])
 
@@ -142,7 +143,7 @@ class Truth:
 def load_truth(outdir: str | Path, dataset: str) -> Truth:
     ex = example(dataset)
     decoder = jobs.GroundTruthDecoder(Path(outdir) / grid.surrogate_path(ex.base), ex.embedded)
-    data = np.load(Path(outdir) / grid.data_path(dataset, VERSION))
+    data = load_npz(Path(outdir) / grid.data_path(dataset, VERSION))
     return Truth(dataset, decoder, ex.noise_variance, data["x_test"].astype(np.float64),
                  data["z_test"].reshape(-1).astype(np.float64))
 

@@ -61,6 +61,7 @@ from .figures import (
     save,
     selected_row,
 )
+from .files import load_npz
 from .jobs import GroundTruthDecoder
 from .semisupervised import dataset_labels, encode_labels, load_m2_member
 
@@ -101,7 +102,7 @@ class SSTruth:
 def load_ss_truth(outdir: str | Path, dataset: str) -> SSTruth:
     ex = example(dataset)
     decoder = GroundTruthDecoder(Path(outdir) / grid.surrogate_path(dataset))
-    data = np.load(Path(outdir) / grid.data_path(dataset, VERSION))
+    data = load_npz(Path(outdir) / grid.data_path(dataset, VERSION))
     values = data["cohort_values"].tolist()
     return SSTruth(dataset, ex.label_kind, ex.classes, decoder, ex.noise_variance,
                    data["x_test"].astype(np.float64), data["y_test"].reshape(-1).astype(np.float64),

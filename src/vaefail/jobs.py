@@ -8,36 +8,30 @@ whose message names the file and the cause.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
-import io
-import json
 import logging
 import math
-import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import grid
-from .config import settings_hash
 from .datasets import EMBEDDING, example, sample_split
 from .evaluate import evaluate_members, mean_bound
+from .files import load_npz, load_weights, save_npz, save_torch, write_json
 from .model import VAEEnsemble
-from .nets import FlatParameters, StackedMLP, uniform_init
+from .nets import FlatParameters, StackedMLP, random_init
 from .posteriors import (
     ground_truth_log_likelihood,
     kl_optimal_gaussians,
     log_evidence_1d,
 )
 from .provenance import provenance
+from .runtime import configure_device
 from .surrogate import fit_surrogate
+from .randomness import MemberStreams, derive_seed
 from .train import (
     LinSettings,
-    MemberRandomness,
     TrainSettings,
-    derive_seed,
     fit_encoder_to_gaussians,
     train_vae,
 )
@@ -59,92 +53,14 @@ GT_WARMSTART_LEARNING_RATE = 3e-3
 GT_ELBO_LEARNING_RATE_FACTOR = 0.1   # learned sigma^2 of randomly initialised restarts starts here
 
 
-# --- file helpers ----------------------------------------------------------------------
-class ResultWriteError(OSError):
-    """A result file could not be written (disk full, quota, permissions...).
-
-    The file at `path` is as it was before the attempt (absent, or its previous
-    version) and no temporary file is left behind.  The message names the file and the
-    cause; the original OSError is chained as __cause__ and its errno is kept."""
-
-    REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
-
-    def __init__(self, path: str | Path, cause: OSError):
-        reason = self.REASONS.get(cause.errno)
-        if reason:
-            message = (f"{reason} while writing {path}; nothing was written there and earlier "
-                       "results are untouched: free space and rerun")
-        else:
-            message = (f"could not write {path}: {cause.strerror or cause}; nothing was written "
-                       "there and earlier results are untouched")
-        super().__init__(cause.errno, message, str(path))
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def temporary_path(path: str | Path) -> Path:
-    """Where a result is written before it is renamed to `path` (the same folder, so that
-    the rename is atomic)."""
-    path = Path(path)
-    return path.with_name(path.name + ".tmp")
-
-
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: to a temporary file, synced to disk (a full disk
-    shows here at the latest), then renamed over `path`.  On any error or interrupt the
-    temporary file is removed and `path` keeps its previous content; OSErrors are raised
-    as ResultWriteError."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:   # also KeyboardInterrupt and SystemExit (SIGTERM, see __main__)
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise ResultWriteError(path, error) from error
-        raise
-
-
-def write_json(path: str | Path, obj) -> None:
-    write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
-def save_torch(path: str | Path, obj) -> None:
-    # serialised in memory first: torch.save into a file turns a failed write into an
-    # opaque RuntimeError ("unexpected pos ..."), so the bytes are written by write_bytes
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes(path, buffer.getvalue())
-
-
-def save_npz(path: str | Path, arrays: dict) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes(path, buffer.getvalue())
-
-
-def load_settings(path: str | Path) -> dict:
-    with open(path) as fh:
-        return json.load(fh)["settings"]
-
-
-def write_settings(settings: dict, path: str | Path, scale: str) -> None:
-    write_json(path, {"settings": settings, "settings_hash": settings_hash(settings), "scale": scale})
-
-
-def torch_device(device: str) -> torch.device:
+def torch_device(device: str, settings: dict | None = None) -> torch.device:
+    """The job's torch device, with the run's float32 matmul precision set for it."""
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no GPU "
                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
                            "install a CUDA build of torch or run with --config device=cpu")
+    if settings is not None:
+        configure_device(device, settings["matmul_precision"])
     return torch.device("cuda" if device == "cuda" else "cpu")
 
 
@@ -165,7 +81,7 @@ class GroundTruthDecoder:
     if needed; the input is z (unsupervised) or [label, z] (semi-supervised)."""
 
     def __init__(self, path: str | Path, embedded: bool = False):
-        state = torch.load(path, weights_only=True)
+        state = load_weights(path)
         self.net = StackedMLP(state["sizes"], "dec.")
         self.params = FlatParameters(self.net.shapes(), 1, dtype=torch.float64)
         with torch.no_grad():
@@ -201,7 +117,7 @@ def make_dataset(settings: dict, dataset: str, surrogate_pt: str, out_paths: lis
 
 
 def load_versions(paths: list[str], split: str, dtype, device) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.load(p)[f"x_{split}"]) for p in paths]).to(dtype).to(device)
+    return torch.stack([torch.from_numpy(load_npz(p)[f"x_{split}"]) for p in paths]).to(dtype).to(device)
 
 
 # --- building ensembles ------------------------------------------------------------------
@@ -211,15 +127,16 @@ def _copy_rows(params: FlatParameters, rows: list[int], weights: dict[str, torch
             params[name][rows] = value.to(params.flat.dtype).to(params.flat.device)
 
 
-def build_ensemble(settings: dict, ex, latent_dim: int, sigma2_mode: str, rngs, inits: list[str],
+def build_ensemble(settings: dict, ex, latent_dim: int, sigma2_mode: str, streams: MemberStreams,
+                   inits: list[str],
                    gt_decoder: GroundTruthDecoder | None, gt_encoders: list[dict] | None,
                    versions: list[int], device) -> VAEEnsemble:
     """Random init for every member (from its own generator), then ground-truth weights for
     GT members: the surrogate decoder and the encoder fitted to it for that data version."""
-    model = VAEEnsemble(ex.data_dim, latent_dim, settings["hidden_layers"], len(rngs), sigma2_mode,
+    model = VAEEnsemble(ex.data_dim, latent_dim, settings["hidden_layers"], len(streams), sigma2_mode,
                         device=device)
-    uniform_init(model.encoder, model.encoder_net.init_bounds(model.encoder), [r.init for r in rngs])
-    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
+    random_init(model.encoder, model.encoder_net.init_bounds(model.encoder), streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
     truth = torch.full((model.M, 1, ex.data_dim), ex.noise_variance)
     if sigma2_mode == "learned":
         truth = torch.where(torch.tensor([i == "gt" for i in inits]).view(-1, 1, 1), truth,
@@ -243,7 +160,7 @@ def member_state(model: VAEEnsemble, m: int) -> dict:
 
 def load_member(path: str | Path, device="cpu", dtype=torch.float64) -> VAEEnsemble:
     """A saved restart as a one-member ensemble."""
-    state = torch.load(path, weights_only=True)
+    state = load_weights(path)
     model = VAEEnsemble(state["data_dim"], state["latent_dim"], state["hidden"], 1,
                         state["sigma2_mode"], dtype=dtype, device=device)
     with torch.no_grad():
@@ -273,7 +190,7 @@ def fit_gt_encoders(settings: dict, dataset: str, surrogate_pt: str, data_paths:
     in z (a z on the wrong flat stretch gets no gradient), and full-rate steps throw the
     narrow q's across the decoder's steps.  The other half ascend the ELBO from random at
     the full rate, which can find wide q's spanning several posterior modes."""
-    dev = torch_device(device)
+    dev = torch_device(device, settings)
     ex = example(dataset)
     decoder = GroundTruthDecoder(surrogate_pt, ex.embedded)
     log_lik = ground_truth_log_likelihood(decoder, ex.noise_variance)
@@ -291,20 +208,22 @@ def fit_gt_encoders(settings: dict, dataset: str, surrogate_pt: str, data_paths:
         members = [(v, j) for v in range(V) for j in restarts if (j % 2 == 0) == warm]
         if not members:
             continue
-        rngs = [MemberRandomness(derive_seed(settings["seed"], "gt-encoder", dataset, v, j)) for v, j in members]
+        streams = MemberStreams([derive_seed(settings["seed"], "gt-encoder", dataset, v, j) for v, j in members], dev)
         version_index = torch.tensor([v for v, _ in members])
-        model = build_ensemble(settings, ex, 1, "fixed", rngs, ["random"] * len(members), None, None,
+        model = build_ensemble(settings, ex, 1, "fixed", streams, ["random"] * len(members), None, None,
                                version_index.tolist(), dev)
         _copy_rows(model.decoder, list(range(model.M)), decoder.decoder_weights())
         if warm:
             fit_encoder_to_gaussians(model, train_x[:, :n_targets], target_mean, target_log_var.to(train_x),
-                                     version_index, rngs, settings["gt_encoder_warmstart_epochs"],
+                                     version_index, streams.child("warm-start"),
+                                     settings["gt_encoder_warmstart_epochs"],
                                      settings["batch_size"], GT_WARMSTART_LEARNING_RATE)
         rate = settings["learning_rate"] * (GT_ELBO_LEARNING_RATE_FACTOR if warm else 1.0)
-        train_log = train_vae(model, train_x, valid_x, version_index, rngs, TrainSettings(
+        train_log = train_vae(model, train_x, valid_x, version_index, streams, TrainSettings(
             objective="elbo", samples=1, epochs=settings["gt_encoder_epochs"],
             batch_size=settings["batch_size"], learning_rate=rate, train_decoder=False))
-        valid_elbo = mean_bound(model, valid_x[version_index.to(dev)], rngs, "elbo", settings["eval_samples"], 1)
+        valid_elbo = mean_bound(model, valid_x[version_index.to(dev)], streams, "elbo-valid", "elbo",
+                                settings["eval_samples"], 1).cpu()
         valid_elbo[train_log.failed] = -math.inf
         for m, (v, _) in enumerate(members):
             weights = {name: view[m].detach().cpu().clone() for name, view in model.encoder.views.items()}
@@ -327,7 +246,7 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
               device: str = "cpu") -> None:
     """Train every restart of every data version of one setting, batched, and write one
     result file (metrics) and one weights file per restart."""
-    dev = torch_device(device)
+    dev = torch_device(device, settings)
     setting = grid.find_setting(settings, experiment, setting_id)
     ex = example(dataset)
     R = grid.n_restarts(settings)
@@ -336,7 +255,7 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
         raise ValueError(f"{len(out_stems)} output stems for {len(members)} restarts")
     inits = [grid.restart_init(settings, setting, r) for _, r in members]
     gt_decoder = GroundTruthDecoder(surrogate_pt, ex.embedded) if "gt" in inits else None
-    gt_encoders = ([torch.load(p, weights_only=True)["encoder"] for p in gt_encoder_paths]
+    gt_encoders = ([load_weights(p)["encoder"] for p in gt_encoder_paths]
                    if "gt" in inits else None)
     data = {split: load_versions(data_paths, split, torch.float32, dev)
             for split in ("train", "valid", "test")}
@@ -348,14 +267,14 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
         log.info("%s/%s/%s: training members %d-%d of %d (chunk %d/%d)", experiment, dataset, setting_id,
                  chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
         seeds = [derive_seed(settings["seed"], experiment, dataset, setting_id, *members[i]) for i in chunk]
-        rngs = [MemberRandomness(s) for s in seeds]
+        streams = MemberStreams(seeds, dev)
         versions = [members[i][0] for i in chunk]
-        model = build_ensemble(settings, ex, setting.latent_dim, setting.sigma2_mode, rngs,
+        model = build_ensemble(settings, ex, setting.latent_dim, setting.sigma2_mode, streams,
                                [inits[i] for i in chunk], gt_decoder, gt_encoders, versions, dev)
         version_index = torch.tensor(versions)
-        train_log = train_vae(model, data["train"], data["valid"], version_index, rngs, train_settings)
+        train_log = train_vae(model, data["train"], data["valid"], version_index, streams, train_settings)
         member_data = {split: x[version_index.to(dev)] for split, x in data.items()}
-        results = evaluate_members(model, member_data, rngs, objective=setting.objective,
+        results = evaluate_members(model, member_data, streams.child("eval"), objective=setting.objective,
                                    samples=setting.samples, settings=settings, failed=train_log.failed)
         for j, i in enumerate(chunk):
             version, restart = members[i]

@@ -2,8 +2,16 @@
 for an ensemble of M members.
 
 Generative model (eq. 3):  z ~ N(0, I_K),  y ~ p(y),  x | y, z ~ N(f_theta(y, z), diag(sigma^2)).
-Inference:                 q_phi(z | x, y) = N(mu_phi(x, y), diag(sigma_phi^2(x, y)))   (encoder)
+Inference:                 q_phi(z | x, y) = N(mu_phi(x, y), diag(sigma_phi^2(x, y)))   (labelled bound)
+                           q_phi(z | x)    = N(mu'_phi(x), diag(sigma'_phi^2(x)))       (unlabelled bound)
                            q_phi(y | x): categorical (discrete y) or N(m(x), s^2(x))  (discriminator)
+
+The unlabelled bounds of the paper (eq. 30 and 32, Figure 4) draw z from q(z | x), a network
+that does not see y, independently of y ~ q(y | x); the labelled ones (eq. 29, 31) use
+q(z | x, y).  Kingma et al. (2014) use q(z | x, y) in both: the option
+unlabelled_posterior="xy".  The difference matters for the collapse of Figure 2: with a
+mean-field q(z | x), an x that two labels explain at different z has a bimodal posterior
+that the ELBO can only make simple by letting f ignore y.
 
 Discrete y enters the networks as a one-hot vector; in the unlabelled bound it is a relaxed
 one-hot sample (Gumbel-softmax / Concrete, temperature 2.2, appendix J) so that the bound can
@@ -46,23 +54,39 @@ class Labels:
         return self.classes if self.kind == "discrete" else 1
 
 
+UNLABELLED_POSTERIORS = ("x", "xy")   # q(z | x) as the paper writes U; q(z | x, y) as Kingma et al.
+
+
 class M2Ensemble:
-    """M M2 models.  `encoder` holds the inference networks (q(z|x,y) and q(y|x)); `decoder`
-    the generative network f(y, z).  sigma^2 is fixed per member (a hyperparameter)."""
+    """M M2 models.  `encoder` holds the inference networks (q(z|x,y), q(y|x) and, for the
+    paper's unlabelled bounds, q(z|x)); `decoder` the generative network f(y, z).  sigma^2 is
+    fixed per member (a hyperparameter)."""
 
     def __init__(self, data_dim: int, latent_dim: int, labels: Labels, hidden: list[int], n_members: int,
-                 dtype=torch.float32, device="cpu"):
+                 dtype=torch.float32, device="cpu", unlabelled_posterior: str = "x"):
+        if unlabelled_posterior not in UNLABELLED_POSTERIORS:
+            raise ValueError(f"unlabelled_posterior must be one of {UNLABELLED_POSTERIORS}; "
+                             f"got {unlabelled_posterior!r}")
         self.D, self.K, self.M, self.labels = data_dim, latent_dim, n_members, labels
         self.hidden = list(hidden)
+        self.unlabelled_posterior = unlabelled_posterior
         Y = labels.dim
         self.encoder_net = StackedMLP([data_dim + Y, *hidden, 2 * latent_dim], "enc.")
         self.discriminator_net = StackedMLP([data_dim, *hidden, labels.classes if labels.kind == "discrete" else 2],
                                             "disc.")
+        self.inference_nets = [self.encoder_net, self.discriminator_net]
+        if unlabelled_posterior == "x":
+            self.unlabelled_encoder_net = StackedMLP([data_dim, *hidden, 2 * latent_dim], "uenc.")
+            self.inference_nets.append(self.unlabelled_encoder_net)
         self.decoder_net = StackedMLP([Y + latent_dim, *hidden, data_dim], "dec.")
-        self.encoder = FlatParameters({**self.encoder_net.shapes(), **self.discriminator_net.shapes()},
+        self.encoder = FlatParameters({name: shape for net in self.inference_nets for name, shape in net.shapes().items()},
                                       n_members, dtype, device)
         self.decoder = FlatParameters(self.decoder_net.shapes(), n_members, dtype, device)
         self.log_sigma2 = torch.zeros(n_members, 1, data_dim, dtype=dtype, device=device)
+
+    def encoder_init_bounds(self) -> torch.Tensor:
+        """nn.Linear's init bounds of every inference network, laid out as `encoder`."""
+        return sum(net.init_bounds(self.encoder) for net in self.inference_nets)
 
     def set_sigma2(self, sigma2) -> None:
         value = torch.as_tensor(sigma2, dtype=self.log_sigma2.dtype).log()
@@ -77,6 +101,15 @@ class M2Ensemble:
         """q(z | x, y): x (M, ..., D), y (M, ..., Y) -> mu, log var, each (M, ..., K)."""
         out = self._apply(self.encoder_net, self.encoder, torch.cat([x, y], -1))
         return out[..., :self.K], out[..., self.K:]
+
+    def encode_unlabelled(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The z-posterior of the unlabelled bound at (x, y): q(z | x), the same for every y
+        (the paper), or q(z | x, y) (Kingma et al.).  Shapes as `encode`."""
+        if self.unlabelled_posterior == "xy":
+            return self.encode(x, y)
+        out = self._apply(self.unlabelled_encoder_net, self.encoder, x)
+        lead = torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+        return out[..., :self.K].expand(*lead, self.K), out[..., self.K:].expand(*lead, self.K)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x): logits (M, ..., C), or (mean, log var) as (M, ..., 2) for continuous y."""
@@ -153,11 +186,19 @@ def labelled_elbo(model: M2Ensemble, x, y, eps_z) -> torch.Tensor:
             - kl_to_standard_normal(mu, log_var))
 
 
+def _unlabelled_posterior(model: M2Ensemble, x, y):
+    """mu, log var of z for each sample y_s of the unlabelled bound: (M,B,S,K)."""
+    if model.unlabelled_posterior == "x":      # q(z | x): one encoding per point, shared by its samples
+        mu, log_var = model.encode_unlabelled(x, x[..., :0])
+        return (mu.unsqueeze(2).expand(*y.shape[:3], model.K), log_var.unsqueeze(2).expand(*y.shape[:3], model.K))
+    return model.encode_unlabelled(x.unsqueeze(2).expand(*y.shape[:3], x.shape[-1]), y)
+
+
 def unlabelled_elbo(model: M2Ensemble, x, eps_y, eps_z) -> torch.Tensor:
-    """U(x), eq. 30: E_q(y|x) q(z|x,y)[log p(x|y,z)] - KL[q(y|x) || p(y)] - E_q(y|x) KL[q(z|x,y) || p(z)]."""
+    """U(x), eq. 30: E_q(y|x) q(z|x)[log p(x|y,z)] - KL[q(y|x) || p(y)] - KL[q(z|x) || p(z)]
+    (with q(z|x, y) in place of q(z|x) for Kingma et al.'s variant, inside the expectation over y)."""
     y, _, _, kl_y = sample_labels(model, x, eps_y)
-    x_s = x.unsqueeze(2).expand(*y.shape[:3], x.shape[-1])
-    mu, log_var = model.encode(x_s, y)                                        # (M,B,S,K)
+    mu, log_var = _unlabelled_posterior(model, x, y)                          # (M,B,S,K)
     z = mu + (0.5 * log_var).exp() * eps_z
     return (_log_likelihood(model, x, y, z) - kl_to_standard_normal(mu, log_var)).mean(2) - kl_y
 
@@ -173,10 +214,10 @@ def labelled_iwae(model: M2Ensemble, x, y, eps_z) -> torch.Tensor:
 
 
 def unlabelled_iwae(model: M2Ensemble, x, eps_y, eps_z) -> torch.Tensor:
-    """U(x), eq. 32: E log (1/S) sum_s p(x, y_s, z_s) / (q(y_s|x) q(z_s|x,y_s)), joint samples."""
+    """U(x), eq. 32: E log (1/S) sum_s p(x, y_s, z_s) / (q(y_s|x) q(z_s|x)), joint samples
+    (q(z_s|x, y_s) for Kingma et al.'s variant)."""
     y, log_q_y, log_p_y, _ = sample_labels(model, x, eps_y)
-    x_s = x.unsqueeze(2).expand(*y.shape[:3], x.shape[-1])
-    mu, log_var = model.encode(x_s, y)
+    mu, log_var = _unlabelled_posterior(model, x, y)
     z = mu + (0.5 * log_var).exp() * eps_z
     log_w = (_log_likelihood(model, x, y, z) + log_standard_normal(z) - log_normal(z, mu, log_var)
              + log_p_y - log_q_y)

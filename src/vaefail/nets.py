@@ -100,67 +100,87 @@ class StackedMLP:
         for i in range(n_layers):
             h = torch.baddbmm(params[f"{self.prefix}b{i}"], h, params[f"{self.prefix}W{i}"])
             if i < n_layers - 1:
-                h = leaky_relu(h)
+                # in place when no gradient is taken (evaluation): one pass less over memory
+                h = leaky_relu(h) if torch.is_grad_enabled() else torch.nn.functional.leaky_relu_(h, LEAKY_SLOPE)
         return h
 
 
-def uniform_init(params: FlatParameters, bounds: torch.Tensor,
-                 generators: list[torch.Generator], rows: list[int] | None = None) -> None:
-    """Draw U(-bound, bound) for each member from its own generator (nn.Linear's default)."""
-    rows = range(params.n_members) if rows is None else rows
-    for m in rows:
-        u = torch.rand(params.size, generator=generators[m], dtype=torch.float64)
-        row = ((2 * u - 1) * bounds).to(params.flat.dtype)
-        with torch.no_grad():
-            params.flat[m, : params.size].copy_(row.to(params.flat.device))
+def uniform_init(params: FlatParameters, bounds: torch.Tensor, uniforms: torch.Tensor) -> None:
+    """nn.Linear's default init, U(-bound, bound) per entry, from U(0, 1) draws `uniforms`
+    of shape (M, P): one row per member, from that member's own random stream."""
+    with torch.no_grad():
+        rows = (2 * uniforms.to(torch.float64) - 1) * bounds.to(uniforms.device)
+        params.flat.copy_(rows.to(params.flat.dtype).to(params.flat.device))
+
+
+def random_init(params: FlatParameters, bounds: torch.Tensor, streams, purpose: str) -> None:
+    """uniform_init with each member's uniforms from its own stream (a MemberStreams)."""
+    uniform_init(params, bounds, streams.uniform(purpose, (), (params.size,), torch.float64))
 
 
 class MaskedAdam:
     """Adam on a flat (M, P) tensor with a per-member update mask and step count.
 
-    Uses PyTorch's fused Adam kernel, so each member is updated exactly as
-    `torch.optim.Adam(fused=True)` would update it alone (test_adam_matches_torch).
-    While every member has taken the same number of steps, one kernel call updates the
-    whole flat tensor; once masks make step counts differ (LIN's aggressive phase), the
-    kernel gets one row per updated member.  A masked member's parameters, moments and
-    step count stay exactly as they were, NaN gradients of failed members included.
+    Each member is updated exactly as `torch.optim.Adam(fused=True)` would update it alone
+    (test_adam_matches_torch).  While every member updates at every step, PyTorch's fused
+    kernel updates the whole flat tensor at once.  Once a mask leaves some members out
+    (LIN's aggressive phase, failed members), the update is written out in tensor
+    operations with each member's own step count and applied where the mask is set, so the
+    mask may stay on the device (no host synchronisation per step).  A masked member's
+    parameters, moments and step count stay exactly as they were, NaN gradients included.
     """
 
     def __init__(self, params: FlatParameters, lr: float = 1e-3, betas=(0.9, 0.999),
                  eps: float = 1e-8):
         self.params = params
-        self.hyper = dict(lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps,
-                          amsgrad=False, maximize=False)
+        self.lr, self.beta1, self.beta2, self.eps = lr, betas[0], betas[1], eps
         self.exp_avg = torch.zeros_like(params.flat)
         self.exp_avg_sq = torch.zeros_like(params.flat)
-        M = params.n_members
-        self._shared_step = torch.zeros((), dtype=torch.float32, device=params.flat.device)
-        self._row_steps: list[torch.Tensor] | None = None   # per member, once steps differ
-        self._rows = [[t[m] for m in range(M)]
-                      for t in (params.flat, params.grad, self.exp_avg, self.exp_avg_sq)]
+        device = params.flat.device
+        self._shared_step = torch.zeros((), dtype=torch.float32, device=device)
+        self._member_steps: torch.Tensor | None = None   # (M, 1) once step counts may differ
 
     @property
     def steps(self) -> torch.Tensor:
         """(M,) number of updates each member has received."""
-        if self._row_steps is None:
+        if self._member_steps is None:
             return self._shared_step.expand(self.params.n_members).cpu().clone()
-        return torch.stack(self._row_steps).cpu()
+        return self._member_steps.view(-1).cpu().clone()
 
     @torch.no_grad()
-    def step(self, mask: torch.Tensor) -> None:
-        """mask: (M,) bool, True for members to update."""
-        mask = mask.cpu()
-        if self._row_steps is None and bool(mask.all()):
+    def step(self, mask: torch.Tensor | None = None) -> None:
+        """mask: (M,) bool on any device, True for members to update; None updates all."""
+        if self._member_steps is None and (mask is None or self._all_on_cpu(mask)):
             self._shared_step += 1
             torch._fused_adam_([self.params.flat], [self.params.grad], [self.exp_avg],
-                               [self.exp_avg_sq], [], [self._shared_step], **self.hyper)
+                               [self.exp_avg_sq], [], [self._shared_step], lr=self.lr,
+                               beta1=self.beta1, beta2=self.beta2, weight_decay=0.0,
+                               eps=self.eps, amsgrad=False, maximize=False)
             return
-        if self._row_steps is None:
-            self._row_steps = [self._shared_step.clone() for _ in range(self.params.n_members)]
-        members = mask.nonzero().flatten().tolist()
-        if not members:
-            return
-        steps = [self._row_steps[m] for m in members]
-        torch._foreach_add_(steps, 1)
-        p, g, m1, m2 = ([rows[m] for m in members] for rows in self._rows)
-        torch._fused_adam_(p, g, m1, m2, [], steps, **self.hyper)
+        if self._member_steps is None:
+            self._member_steps = self._shared_step.expand(self.params.n_members, 1).clone()
+        update = (torch.ones(self.params.n_members, dtype=torch.bool, device=self.params.flat.device)
+                  if mask is None else mask.to(self.params.flat.device)).view(-1, 1)
+        self._masked_update(update)
+
+    def _all_on_cpu(self, mask: torch.Tensor) -> bool:
+        # On the CPU a look at the mask costs nothing; on a GPU it would stall the stream,
+        # so there the masked update (a few elementwise passes) is used instead.
+        return mask.device.type == "cpu" and self.params.flat.device.type == "cpu" and bool(mask.all())
+
+    def _masked_update(self, update: torch.Tensor) -> None:
+        """Adam as torch's fused kernel writes it, per member, where `update` (M, 1) is set."""
+        p, g, m1, m2 = self.params.flat, self.params.grad, self.exp_avg, self.exp_avg_sq
+        steps = self._member_steps + update.to(self._member_steps.dtype)
+        g = torch.where(update, g, 0.0)          # masked rows may hold NaN gradients
+        new_m1 = torch.lerp(m1, g, 1 - self.beta1)
+        new_m2 = m2 * self.beta2 + (1 - self.beta2) * g * g
+        # bias corrections in float64, as the fused kernel computes them
+        bias_correction1 = (1 - self.beta1 ** steps.double()).to(p.dtype)
+        bias_correction2_sqrt = (1 - self.beta2 ** steps.double()).sqrt().to(p.dtype)
+        denom = new_m2.sqrt() / bias_correction2_sqrt + self.eps
+        new_p = p - (self.lr / bias_correction1) * new_m1 / denom
+        p.copy_(torch.where(update, new_p, p))
+        m1.copy_(torch.where(update, new_m1, m1))
+        m2.copy_(torch.where(update, new_m2, m2))
+        self._member_steps = steps

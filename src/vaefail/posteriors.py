@@ -394,12 +394,13 @@ def m2_decoder(model, member: int = 0) -> Decoder:
 
 
 def m2_encoder(model, x, y_encoded, member: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """q(z | x, y) of one M2 member for x (n, D) and encoded labels (n, Y): (mu, log_var), (n, K)."""
+    """The z-posterior of the unlabelled bound of one M2 member, q(z | x) (the paper) or
+    q(z | x, y) (Kingma et al.), for x (n, D) and encoded labels (n, Y): (mu, log_var), (n, K)."""
     x = _t(x).to(model.encoder.flat.dtype)
     y = _t(y_encoded).to(model.encoder.flat.dtype)
     with torch.no_grad():
-        mu, log_var = model.encode(x.unsqueeze(0).expand(model.M, -1, -1),
-                                   y.unsqueeze(0).expand(model.M, -1, -1))
+        mu, log_var = model.encode_unlabelled(x.unsqueeze(0).expand(model.M, -1, -1),
+                                              y.unsqueeze(0).expand(model.M, -1, -1))
     return mu[member].to(DTYPE), log_var[member].to(DTYPE)
 
 

@@ -30,3 +30,16 @@ def configure_cpu(threads: int | None = None) -> None:
             libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
     except OSError:
         pass   # not glibc: nothing to tune
+
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def configure_device(device: str, matmul_precision: str = "highest") -> None:
+    """Float32 matmul precision on the GPU: 'highest' (true float32, the default), 'high'
+    (TensorFloat-32 on NVIDIA GPUs: ~10 mantissa bits per product, several times faster) or
+    'medium' (bfloat16).  On the CPU torch ignores it, so results there never change."""
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}; "
+                         f"got {matmul_precision!r}")
+    torch.set_float32_matmul_precision(matmul_precision)

@@ -10,7 +10,8 @@ import torch
 
 from . import grid
 from .datasets import example
-from .evaluate import DATA_CHUNK, eval_noise, knn_statistic
+from .evaluate import knn_statistics, point_chunks
+from .files import load_npz, load_weights, save_npz, save_torch, write_json
 from .jobs import (
     GroundTruthDecoder,
     _chunks,
@@ -18,21 +19,13 @@ from .jobs import (
     failure_reason,
     provenance,
     report_failures,
-    save_npz,
-    save_torch,
     torch_device,
     training_settings,
-    write_json,
 )
 from .m2 import BOUNDS, Labels, M2Ensemble, log_q_labels
-from .nets import uniform_init
-from .train import (
-    M2Task,
-    MemberRandomness,
-    TrainSettings,
-    derive_seed,
-    train_ensemble,
-)
+from .nets import random_init
+from .randomness import MemberStreams, derive_seed
+from .train import M2Task, TrainSettings, train_ensemble
 from .uci import split_uci, uci_spec
 
 log = logging.getLogger("vaefail.semisupervised")
@@ -106,7 +99,7 @@ def encode_labels(labels: Labels, y: np.ndarray) -> torch.Tensor:
 def load_ss_versions(paths: list[str], labels: Labels, dtype, device) -> dict:
     """Stack each version's arrays: the training split as unlabelled/labelled parts, the
     validation split likewise and whole, the test split, and per-version cohort samples."""
-    files = [np.load(p) for p in paths]
+    files = [load_npz(p) for p in paths]
 
     def stack(key, select=None, encode=False):
         parts = []
@@ -131,12 +124,14 @@ def load_ss_versions(paths: list[str], labels: Labels, dtype, device) -> dict:
 
 
 # --- models ---------------------------------------------------------------------------------
-def build_m2_ensemble(data_dim: int, latent_dim: int, labels: Labels, hidden: list[int], rngs, inits,
-                      sigma2: float, gt_decoder: GroundTruthDecoder | None, device) -> M2Ensemble:
-    model = M2Ensemble(data_dim, latent_dim, labels, hidden, len(rngs), device=device)
-    bounds = model.encoder_net.init_bounds(model.encoder) + model.discriminator_net.init_bounds(model.encoder)
-    uniform_init(model.encoder, bounds, [r.init for r in rngs])
-    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
+def build_m2_ensemble(data_dim: int, latent_dim: int, labels: Labels, hidden: list[int],
+                      streams: MemberStreams, inits, sigma2: float, gt_decoder: GroundTruthDecoder | None,
+                      device, unlabelled_posterior: str) -> M2Ensemble:
+    model = M2Ensemble(data_dim, latent_dim, labels, hidden, len(streams), device=device,
+                       unlabelled_posterior=unlabelled_posterior)
+    bounds = model.encoder_init_bounds()
+    random_init(model.encoder, bounds, streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
     model.set_sigma2(sigma2)
     gt_rows = [m for m, init in enumerate(inits) if init == "gt"]
     if gt_rows:
@@ -149,14 +144,15 @@ def m2_member_state(model: M2Ensemble, m: int) -> dict:
             "decoder": model.decoder.flat[m].detach().cpu().clone(),
             "log_sigma2": model.log_sigma2[m].detach().cpu().clone(), "data_dim": model.D,
             "latent_dim": model.K, "hidden": model.hidden, "label_kind": model.labels.kind,
-            "classes": model.labels.classes}
+            "classes": model.labels.classes, "unlabelled_posterior": model.unlabelled_posterior}
 
 
 def load_m2_member(path, device="cpu", dtype=torch.float64) -> M2Ensemble:
     """A saved semi-supervised restart as a one-member ensemble."""
-    state = torch.load(path, weights_only=True)
+    state = load_weights(path)
     model = M2Ensemble(state["data_dim"], state["latent_dim"], Labels(state["label_kind"], state["classes"]),
-                       state["hidden"], 1, dtype=dtype, device=device)
+                       state["hidden"], 1, dtype=dtype, device=device,
+                       unlabelled_posterior=state.get("unlabelled_posterior", "xy"))   # "xy" before it was a setting
     with torch.no_grad():
         model.encoder.flat[0].copy_(state["encoder"])
         model.decoder.flat[0].copy_(state["decoder"])
@@ -167,54 +163,56 @@ def load_m2_member(path, device="cpu", dtype=torch.float64) -> M2Ensemble:
 
 
 # --- evaluation -----------------------------------------------------------------------------
-def _encoded_prior_labels(model: M2Ensemble, rngs, n: int, value=None) -> torch.Tensor:
-    """n labels per member from p(y) (each member's eval generator), or all equal to `value`."""
+def _encoded_prior_labels(model: M2Ensemble, streams: MemberStreams, purpose: str, n: int,
+                          value=None) -> torch.Tensor:
+    """n labels per member from p(y) (each member's own stream), or all equal to `value`."""
     labels, dtype, device = model.labels, model.log_sigma2.dtype, model.log_sigma2.device
     if value is not None:
-        y = torch.full((model.M, n), float(value))
+        y = torch.full((model.M, n), float(value), device=device)
     elif labels.kind == "discrete":
-        y = torch.stack([torch.randint(0, labels.classes, (n,), generator=r.eval) for r in rngs])
+        y = streams.randint(purpose, (), labels.classes, (n,))
     else:
-        y = torch.stack([torch.randn(n, generator=r.eval, dtype=torch.float64) for r in rngs])
+        y = streams.normal(purpose, (), (n,), torch.float64)
     return encode_labels(labels, y).to(dtype).to(device)
 
 
 @torch.no_grad()
-def m2_samples(model: M2Ensemble, rngs, n: int, value=None) -> np.ndarray:
+def m2_samples(model: M2Ensemble, streams: MemberStreams, purpose: str, n: int, value=None) -> torch.Tensor:
     """n samples per member of p_theta(x), or of p_theta(x | y = value): (M, n, D)."""
-    y = _encoded_prior_labels(model, rngs, n, value)
-    dtype, device = y.dtype, y.device
-    z = eval_noise(rngs, (n, model.K), dtype, device)
-    eps = eval_noise(rngs, (n, model.D), dtype, device)
-    x = model.decode(y, z) + (0.5 * model.log_sigma2).exp() * eps
-    return x.double().cpu().numpy()
+    y = _encoded_prior_labels(model, streams, purpose + "/y", n, value)
+    z = streams.normal(purpose + "/z", (), (n, model.K), y.dtype)
+    eps = streams.normal(purpose + "/x", (), (n, model.D), y.dtype)
+    return model.decode(y, z) + (0.5 * model.log_sigma2).exp() * eps
 
 
 @torch.no_grad()
-def validation_objective(model: M2Ensemble, task: M2Task, bound: str, samples: int, repeats: int, rngs,
-                         rows: torch.Tensor) -> torch.Tensor:
+def validation_objective(model: M2Ensemble, task: M2Task, bound: str, samples: int, repeats: int,
+                         streams: MemberStreams, rows: torch.Tensor) -> torch.Tensor:
     """J (eq. 4, per unlabelled point) on the validation split, averaged over `repeats` draws."""
     labelled_bound, unlabelled_bound = BOUNDS[bound]
     d = task.data
     x_u, x_l, y_l = d["x_valid_unlabelled"][rows], d["x_valid_labelled"][rows], d["y_valid_labelled"][rows]
-    dtype, device, K = x_u.dtype, x_u.device, model.K
-    total = torch.zeros(model.M, dtype=torch.float64)
-    for _ in range(repeats):
-        u = torch.zeros(model.M, dtype=torch.float64)
-        for start in range(0, x_u.shape[1], DATA_CHUNK):
-            xc = x_u[:, start:start + DATA_CHUNK]
-            n = xc.shape[1]
-            eps_y = eval_noise(rngs, (n, samples, model.labels.noise_dim), dtype, device)
-            eps_z = eval_noise(rngs, (n, samples, K), dtype, device)
-            u += unlabelled_bound(model, xc, eps_y, eps_z).sum(1).double().cpu()
-        eps_z = eval_noise(rngs, (x_l.shape[1], samples, K), dtype, device)
-        lab = labelled_bound(model, x_l, y_l, eps_z).mean(1).double().cpu()
-        disc = log_q_labels(model, x_l, y_l).mean(1).double().cpu()
-        total += u / x_u.shape[1] + task.labelled_share * (task.gamma.cpu() * lab + task.alpha.cpu() * disc)
-    return total / repeats
+    dtype, K = x_u.dtype, model.K
+    total = torch.zeros(model.M, dtype=torch.float64, device=x_u.device)
+    C = model.labels.noise_dim
+    for repeat in range(repeats):
+        u = torch.zeros(model.M, dtype=torch.float64, device=x_u.device)
+        for sl in point_chunks(x_u.shape[1], model.M * samples, x_u.device):
+            n = sl.stop - sl.start
+            eps_y = streams.normal("objective-valid/y", (repeat,), (n, samples, C), dtype,
+                                   offset=sl.start * samples * C)
+            eps_z = streams.normal("objective-valid/z", (repeat,), (n, samples, K), dtype,
+                                   offset=sl.start * samples * K)
+            u += unlabelled_bound(model, x_u[:, sl], eps_y, eps_z).sum(1).double()
+        eps_z = streams.normal("objective-valid/z-labelled", (repeat,), (x_l.shape[1], samples, K), dtype)
+        lab = labelled_bound(model, x_l, y_l, eps_z).mean(1).double()
+        disc = log_q_labels(model, x_l, y_l).mean(1).double()
+        total += u / x_u.shape[1] + task.labelled_share * (task.gamma * lab + task.alpha * disc)
+    return (total / repeats).cpu()
 
 
-def evaluate_m2(model: M2Ensemble, task: M2Task, rngs, rows: torch.Tensor, versions: list[int], bound: str,
+def evaluate_m2(model: M2Ensemble, task: M2Task, streams: MemberStreams, rows: torch.Tensor,
+                versions: list[int], bound: str,
                 samples: int, settings: dict, failed: torch.Tensor) -> list[dict]:
     """Per-member results: validation objective, smooth kNN statistics of p(x) (validation and
     test) and of each cohort p(x | y = c) (test), and the discriminator's test accuracy
@@ -222,12 +220,10 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, rngs, rows: torch.Tensor, versi
     d = task.data
     repeats = settings["eval_samples"]
     objective_valid = validation_objective(model, task, bound, samples if bound == "iwae" else repeats,
-                                           repeats if bound == "iwae" else 1, rngs, rows)
+                                           repeats if bound == "iwae" else 1, streams, rows)
     n_valid, n_test = d["x_valid"].shape[1], d["x_test"].shape[1]
-    x_valid = d["x_valid"][rows].double().cpu().numpy()
-    x_test = d["x_test"][rows].double().cpu().numpy()
-    samples_valid = m2_samples(model, rngs, n_valid)
-    samples_test = m2_samples(model, rngs, n_test)
+    knn_valid = knn_statistics(m2_samples(model, streams, "samples-valid", n_valid), d["x_valid"][rows], settings).cpu()
+    knn_test = knn_statistics(m2_samples(model, streams, "samples-test", n_test), d["x_test"][rows], settings).cpu()
     with torch.no_grad():
         out = model.classify(d["x_test"][rows])
         y_test = d["y_test"][rows]
@@ -235,13 +231,8 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, rngs, rows: torch.Tensor, versi
             predictive = (out.argmax(-1) == y_test.long()).double().mean(1).cpu()
         else:
             predictive = ((out[..., 0] - y_test) ** 2).double().mean(1).sqrt().cpu()
-    cohort_knn = []
-    for i, value in enumerate(d["cohort_values"]):
-        sizes = {len(d["cohorts"][v][i]) for v in versions}
-        per_size = {n: m2_samples(model, rngs, n, value) for n in sorted(sizes)}
-        cohort_knn.append([knn_statistic(per_size[len(d["cohorts"][v][i])][m], d["cohorts"][v][i], settings)
-                           if len(d["cohorts"][v][i]) > settings["knn_k"] else float("nan")
-                           for m, v in enumerate(versions)])
+    knn_cohorts = torch.stack([cohort_knn_statistics(model, streams, d["cohorts"], i, value, versions, settings)
+                               for i, value in enumerate(d["cohort_values"])], -1)
     results = []
     for m in range(model.M):
         if bool(failed[m]) or not math.isfinite(float(objective_valid[m])):
@@ -249,14 +240,32 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, rngs, rows: torch.Tensor, versi
             continue
         results.append({
             "status": "ok", "objective_valid": float(objective_valid[m]),
-            "knn_valid": knn_statistic(samples_valid[m], x_valid[m], settings),
-            "knn_test": knn_statistic(samples_test[m], x_test[m], settings),
-            "knn_cohort_test": [cohort_knn[i][m] for i in range(len(cohort_knn))],
+            "knn_valid": float(knn_valid[m]), "knn_test": float(knn_test[m]),
+            "knn_cohort_test": knn_cohorts[m].tolist(),
             "cohort_values": d["cohort_values"],
             ("accuracy_test" if model.labels.kind == "discrete" else "rmse_test"): float(predictive[m]),
             "sigma2": model.log_sigma2[m, 0].exp().double().cpu().tolist(),
         })
     return results
+
+
+def cohort_knn_statistics(model: M2Ensemble, streams: MemberStreams, cohorts, i: int, value, versions: list[int],
+                          settings: dict) -> torch.Tensor:
+    """Smooth kNN statistic of each member's samples of p(x | y = value) against its version's
+    cohort i (test points of that class, or ground-truth samples): (M,), NaN where the cohort
+    has no more than knn_k points.  Cohort sizes differ between UCI splits, so the members are
+    evaluated in groups of equal size (samples are drawn per size, as many as the cohort)."""
+    out = torch.full((model.M,), float("nan"), dtype=torch.float64)
+    sizes = [len(cohorts[v][i]) for v in versions]
+    device = model.log_sigma2.device
+    for n in sorted(set(sizes)):
+        if n <= settings["knn_k"]:
+            continue
+        members = [m for m, size in enumerate(sizes) if size == n]
+        samples = m2_samples(model, streams, f"samples-cohort{i}-n{n}", n, value)[members]
+        truth = torch.stack([torch.as_tensor(cohorts[versions[m]][i], dtype=torch.float64) for m in members]).to(device)
+        out[members] = knn_statistics(samples, truth, settings).cpu()
+    return out
 
 
 # --- training jobs --------------------------------------------------------------------------
@@ -266,7 +275,7 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
     and write one result and one weights file per restart.  Ground-truth restarts start with
     the surrogate decoder and first fit their inference networks to it (decoder frozen) for
     gt_encoder_epochs on the ELBO version of their own objective."""
-    dev = torch_device(device)
+    dev = torch_device(device, settings)
     setting = grid.find_setting(settings, experiment, setting_id, dataset)
     labels = dataset_labels(dataset)
     uci = experiment == "uci"
@@ -289,22 +298,23 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
                  chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
         part = [members[i] for i in chunk]
         seeds = [derive_seed(settings["seed"], experiment, dataset, setting_id, *member) for member in part]
-        rngs = [MemberRandomness(s) for s in seeds]
+        streams = MemberStreams(seeds, dev)
         versions = [m.version for m in part]
         rows = torch.tensor(versions)
         alpha = torch.tensor([m.alpha for m in part], dtype=torch.float32)
         gamma = torch.tensor([m.gamma for m in part], dtype=torch.float32)
         sigma2 = torch.tensor([true_sigma2 if m.sigma2 is None else m.sigma2 for m in part])
-        model = build_m2_ensemble(data_dim, setting.latent_dim, labels, hidden, rngs, [inits[i] for i in chunk],
-                                  sigma2, gt_decoder, dev)
+        model = build_m2_ensemble(data_dim, setting.latent_dim, labels, hidden, streams, [inits[i] for i in chunk],
+                                  sigma2, gt_decoder, dev, settings["ss_unlabelled_posterior"])
         task = M2Task(setting.objective, setting.samples, data, rows, alpha, gamma, settings["batch_size"],
                       labels, setting.latent_dim)
         gt_rows = [j for j, i in enumerate(chunk) if inits[i] == "gt"]
         if gt_rows:
-            _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, rngs, gt_rows, settings, labels,
+            _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, streams, gt_rows, settings, labels,
                                            setting.latent_dim, hidden, data_dim, dev)
-        train_log = train_ensemble(model, task, rngs, train_settings)
-        results = evaluate_m2(model, task, rngs, rows.to(dev), versions, setting.objective, setting.samples,
+        train_log = train_ensemble(model, task, streams, train_settings)
+        results = evaluate_m2(model, task, streams.child("eval"), rows.to(dev), versions, setting.objective,
+                              setting.samples,
                               settings, train_log.failed)
         for j, i in enumerate(chunk):
             member = members[i]
@@ -331,17 +341,18 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
     report_failures(f"{experiment}/{dataset}/{setting_id}", n_failed, len(members))
 
 
-def _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, rngs, gt_rows, settings, labels, latent_dim,
+def _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, streams, gt_rows, settings, labels, latent_dim,
                                    hidden, data_dim, device) -> None:
     """phi_GT for the ground-truth restarts: ELBO-version J ascent with the decoder frozen."""
-    sub = M2Ensemble(data_dim, latent_dim, labels, hidden, len(gt_rows), device=device)
+    sub = M2Ensemble(data_dim, latent_dim, labels, hidden, len(gt_rows), device=device,
+                     unlabelled_posterior=model.unlabelled_posterior)
     with torch.no_grad():
         sub.encoder.flat.copy_(model.encoder.flat[gt_rows])
         sub.decoder.flat.copy_(model.decoder.flat[gt_rows])
         sub.log_sigma2.copy_(model.log_sigma2[gt_rows])
     task = M2Task("elbo", 1, data, rows[gt_rows], alpha[gt_rows], gamma[gt_rows], settings["batch_size"],
                   labels, latent_dim)
-    train_ensemble(sub, task, [rngs[j] for j in gt_rows], TrainSettings(
+    train_ensemble(sub, task, streams[gt_rows].child("gt-fit"), TrainSettings(
         objective="elbo", epochs=settings["gt_encoder_epochs"], batch_size=settings["batch_size"],
         learning_rate=settings["learning_rate"], train_decoder=False))
     with torch.no_grad():

@@ -37,7 +37,8 @@ def fit_surrogate(ex, hidden: list[int], seed: int, adam_steps: int, batch_size:
     net = StackedMLP([ex.input_dim, *hidden, 2], "dec.")
     gen = torch.Generator().manual_seed(seed)
     params64 = FlatParameters(net.shapes(), 1, dtype=torch.float64)
-    uniform_init(params64, net.init_bounds(params64), [gen])
+    uniform_init(params64, net.init_bounds(params64),
+                 torch.rand(1, params64.size, generator=gen, dtype=torch.float64))
 
     # Phase 1: Adam on minibatches, in float32 for speed.
     params = FlatParameters(net.shapes(), 1, dtype=torch.float32)
@@ -46,7 +47,7 @@ def fit_surrogate(ex, hidden: list[int], seed: int, adam_steps: int, batch_size:
     opt = MaskedAdam(params, lr=learning_rate)
     everyone = torch.ones(1, dtype=torch.bool)
     for step in range(adam_steps):
-        opt.hyper["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * step / adam_steps))
+        opt.lr = learning_rate * 0.5 * (1 + math.cos(math.pi * step / adam_steps))
         inputs = ex.sample_inputs(gen, batch_size).unsqueeze(0)
         target = ex.decoder_of_inputs(inputs).to(torch.float32)
         loss = ((net(params, inputs.to(torch.float32)) - target) ** 2).mean()

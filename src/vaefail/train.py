@@ -1,8 +1,9 @@
 """Batched training of an ensemble of VAEs: VAE (ELBO), IWAE, and LIN (He et al. 2019).
 
-Each member has its own seed, initialisation, data order, noise and optimiser state,
-drawn from its own random generators in an order that does not depend on the other
-members, so a member trained in a batch follows the same trajectory as trained alone
+Each member has its own seed, initialisation, data order, noise and optimiser state; its
+random numbers come from its own counter-based streams (vaefail.randomness), drawn for
+all members at once on the training device and independent of the other members, so a
+member trained in a batch follows the same trajectory as trained alone
 (tests/test_train.py checks this in float64).  The loss summed over members is
 backpropagated once per step; members never interact.
 
@@ -17,7 +18,6 @@ fails to increase.  Afterwards LIN trains like a VAE.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -28,28 +28,12 @@ import torch
 from .model import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
 from . import m2
 from .nets import MaskedAdam
+from .randomness import MemberStreams
 
 log = logging.getLogger("vaefail.train")
 
 LIN_MAX_INNER_STEPS = 100  # as in He et al.'s code: `while aggressive and sub_iter < 100`
 LIN_INITIAL_PREVIOUS_LOSS = 1e4  # their starting "previous average", so the first check passes
-
-
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from any sequence of printable parts."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-class MemberRandomness:
-    """Independent generators for each use of randomness of one member."""
-
-    PURPOSES = ("init", "shuffle", "noise", "lin", "eval")
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        for purpose in self.PURPOSES:
-            setattr(self, purpose, torch.Generator().manual_seed(derive_seed(seed, purpose)))
 
 
 @dataclass
@@ -81,29 +65,24 @@ class TrainLog:
     history: list = field(default_factory=list)  # per epoch: mean loss of each member
 
 
-def member_noise(rngs, shape, dtype, device, members=None, purpose="noise"):
-    """Stack one standard-normal draw of `shape` per member, each from its own generator."""
-    members = range(len(rngs)) if members is None else members
-    draws = [torch.randn(shape, generator=getattr(rngs[m], purpose), dtype=dtype) for m in members]
-    return torch.stack(draws).to(device)
+class InnerBatches:
+    """LIN's random inner-loop minibatches for one outer step: consecutive slices of fresh
+    per-member permutations of range(n), so each is `size` distinct uniformly random points
+    (He et al. draw `np.random.choice(n, size, replace=False)`) and successive ones do not
+    repeat points until a permutation is used up.  Drawn on the device, for all members."""
 
+    def __init__(self, streams: MemberStreams, purpose: str, index: tuple, n: int, size: int):
+        self.streams, self.purpose, self.index, self.n, self.size = streams, purpose, index, n, size
+        self.per_permutation = n // size
+        self._round, self._order = -1, None
 
-def masked_noise(rngs, members, M, shape, dtype, device, purpose="lin"):
-    """(M, *shape) noise drawn only for `members` (zeros elsewhere), so that a member's
-    generator is consumed exactly as if it were trained alone."""
-    out = torch.zeros(M, *shape, dtype=dtype, device=device)
-    if members:
-        out[members] = member_noise(rngs, shape, dtype, device, members, purpose)
-    return out
-
-
-def random_batches(rngs, members, M, n, batch_size, device, purpose="lin"):
-    """(M, B) indices of B distinct random points of n, drawn only for `members`."""
-    idx = torch.zeros(M, batch_size, dtype=torch.long, device=device)
-    if members:
-        idx[members] = torch.stack([torch.randperm(n, generator=getattr(rngs[m], purpose))[:batch_size]
-                                    for m in members]).to(device)
-    return idx
+    def __call__(self, draw: int) -> torch.Tensor:
+        """(M, size) indices of the draw-th inner batch (draw = 0, 1, ...)."""
+        round_, slot = divmod(draw, self.per_permutation)
+        if round_ != self._round:
+            self._round = round_
+            self._order = self.streams.permutation(self.purpose, (*self.index, round_), self.n)
+        return self._order[:, slot * self.size:(slot + 1) * self.size]
 
 
 class VAETask:
@@ -123,54 +102,64 @@ class VAETask:
         self.rows = version_of_member.to(train_x.device).view(-1, 1)
         self.steps_per_epoch = N // B
 
-    def start_epoch(self, rngs) -> None:
-        dtype, device = self.train_x.dtype, self.train_x.device
-        self.order = torch.stack([torch.randperm(self.train_x.shape[1], generator=r.shuffle)
-                                  for r in rngs]).to(device)
-        self.noise = member_noise(rngs, (self.steps_per_epoch, self.B, self.S, self.K), dtype, device)
+    def start_epoch(self, streams: MemberStreams, epoch: int) -> None:
+        """Shuffle each member's data and draw the epoch's noise, for all steps at once."""
+        self.epoch = epoch
+        order = streams.permutation("shuffle", (epoch,), self.train_x.shape[1])
+        self.epoch_x = self.train_x[self.rows, order]                    # (M, N, D) in this epoch's order
+        self.noise = streams.normal("noise", (epoch,), (self.steps_per_epoch, self.B, self.S, self.K),
+                                    self.train_x.dtype)
 
-    def select_batch(self, step: int) -> None:
+    def select_batch(self, streams: MemberStreams, step: int) -> None:
         B = self.B
-        self.batch = self.inner_batch = self.train_x[self.rows, self.order[:, step * B:(step + 1) * B]]
+        self.batch = self.inner_batch = self.epoch_x[:, step * B:(step + 1) * B]
+        self.inner_batches = InnerBatches(streams, "lin-batch", (self.epoch, step), self.train_x.shape[1], B)
 
     def loss(self, model, step: int) -> torch.Tensor:
         return -self.objective(model, self.batch, self.noise[:, step]).mean(1)
 
-    def inner_loss(self, model, rngs, members: list[int]) -> torch.Tensor:
-        eps = masked_noise(rngs, members, model.M, (self.B, 1, self.K), self.train_x.dtype, self.train_x.device)
+    def inner_loss(self, model, streams: MemberStreams, index: tuple) -> torch.Tensor:
+        eps = streams.normal("lin-noise", index, (self.B, 1, self.K), self.train_x.dtype)
         return -elbo(model, self.inner_batch, eps).mean(1)
 
-    def draw_inner_batch(self, rngs, members: list[int]) -> None:
-        idx = random_batches(rngs, members, len(self.rows), self.train_x.shape[1], self.B, self.train_x.device)
-        self.inner_batch = self.train_x[self.rows, idx]
+    def draw_inner_batch(self, draw: int) -> None:
+        self.inner_batch = self.train_x[self.rows, self.inner_batches(draw)]
 
     @torch.no_grad()
-    def mutual_information(self, model, rngs, members: list[int]) -> torch.Tensor:
-        """Mean over validation minibatches of He et al.'s I_q(x; z) estimate, (M,) on CPU."""
-        n_valid, B = self.valid_x.shape[1], self.B
-        eps = masked_noise(rngs, members, model.M, (n_valid, self.K), self.valid_x.dtype, self.valid_x.device)
+    def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
+        """Mean over validation minibatches of He et al.'s I_q(x; z) estimate, (M,)."""
         member_valid = self.valid_x[self.rows.view(-1)]
-        total = torch.zeros(model.M, dtype=torch.float64)
-        for start in range(0, n_valid, B):
-            sl = slice(start, min(start + B, n_valid))
-            mi = encoder_mutual_information(model, member_valid[:, sl], eps[:, sl])
-            total += mi.cpu().to(torch.float64) * (sl.stop - sl.start)
-        return total / n_valid
+        eps = streams.normal("lin-mi", (self.epoch,), (member_valid.shape[1], self.K), member_valid.dtype)
+        return minibatch_mean(lambda x, e: encoder_mutual_information(model, x, e), member_valid, eps, self.B)
 
 
-def train_vae(model: VAEEnsemble, train_x, valid_x, version_of_member, rngs, settings: TrainSettings,
-              progress_every: float = 10.0) -> TrainLog:
+def minibatch_mean(estimate, x: torch.Tensor, eps: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Mean over minibatches of x (M, N, D) of estimate(x_batch, eps_batch) -> (M,), weighted
+    by batch size (He et al. average their I_q estimate over minibatches this way)."""
+    n = x.shape[1]
+    total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        total += estimate(x[:, sl], eps[:, sl]).to(torch.float64) * (sl.stop - sl.start)
+    return total / n
+
+
+def train_vae(model: VAEEnsemble, train_x, valid_x, version_of_member, streams: MemberStreams,
+              settings: TrainSettings, progress_every: float = 10.0) -> TrainLog:
     """Train a VAE/IWAE/LIN ensemble in place (see VAETask for the data layout)."""
     task = VAETask(settings.objective, settings.samples, train_x, valid_x, version_of_member,
                    settings.batch_size, model.K)
-    return train_ensemble(model, task, rngs, settings, progress_every)
+    return train_ensemble(model, task, streams, settings, progress_every)
 
 
-def train_ensemble(model, task, rngs: list[MemberRandomness], settings: TrainSettings,
+def train_ensemble(model, task, streams: MemberStreams, settings: TrainSettings,
                    progress_every: float = 10.0) -> TrainLog:
     """Train all members of `model` in place on `task` (VAETask, or m2.M2Task).
 
     `model.encoder` holds the inference networks, `model.decoder` the generative ones.
+    Within an epoch nothing waits for the host (masks and losses stay on the device); the
+    host looks once per epoch (progress, LIN's mutual-information check) and, in LIN's
+    aggressive phase, once per R inner steps.
     """
     M = model.M
     device = model.encoder.flat.device
@@ -183,19 +172,21 @@ def train_ensemble(model, task, rngs: list[MemberRandomness], settings: TrainSet
     lin = settings.lin
     aggressive = torch.full((M,), lin is not None, dtype=torch.bool, device=device)
     aggressive_epochs = torch.zeros(M, dtype=torch.long)
-    inner_total = torch.zeros(M, dtype=torch.long)
-    best_mi = torch.zeros(M, dtype=torch.float64)
-    mi_misses = torch.zeros(M, dtype=torch.long)
+    inner_total = torch.zeros(M, dtype=torch.long, device=device)
+    best_mi = torch.zeros(M, dtype=torch.float64, device=device)
+    mi_misses = torch.zeros(M, dtype=torch.long, device=device)
     history = []
     start = last_report = time.perf_counter()
 
     for epoch in range(settings.epochs):
-        task.start_epoch(rngs)
+        task.start_epoch(streams, epoch)
+        any_aggressive = lin is not None and bool(aggressive.any())
         epoch_loss = torch.zeros(M, dtype=torch.float64, device=device)
         for step in range(task.steps_per_epoch):
-            task.select_batch(step)
-            if lin is not None and bool(aggressive.any()):
-                inner_total += _lin_inner_loop(model, task, enc_opt, rngs, aggressive & ~failed, lin).cpu()
+            task.select_batch(streams, step)
+            if any_aggressive:
+                inner_total += _lin_inner_loop(model, task, enc_opt, streams, aggressive & ~failed, lin,
+                                               (epoch, step))
             loss = task.loss(model, step)
             failed |= ~torch.isfinite(loss.detach())
             _backward(model, torch.where(failed, 0.0, loss).sum())
@@ -203,37 +194,37 @@ def train_ensemble(model, task, rngs: list[MemberRandomness], settings: TrainSet
             if dec_opt is not None:
                 dec_opt.step(~failed)
             epoch_loss += loss.detach().to(torch.float64)
-        newly_failed = failed.cpu() & (failed_epoch < 0)
-        failed_epoch[newly_failed] = epoch
+        failed_now = failed.cpu()
+        failed_epoch[failed_now & (failed_epoch < 0)] = epoch
         history.append((epoch_loss / task.steps_per_epoch).cpu())
-        if lin is not None and bool(aggressive.any()):
+        if any_aggressive:
             aggressive_epochs += aggressive.cpu().long()
-            mi = task.mutual_information(model, rngs, aggressive.nonzero().flatten().tolist())
+            mi = task.mutual_information(model, streams)
             improved = mi - best_mi >= 0
-            best_mi = torch.where(improved & aggressive.cpu(), mi, best_mi)
-            mi_misses = torch.where(improved, mi_misses, mi_misses + aggressive.cpu().long())
-            aggressive &= (mi_misses < lin.mi_patience).to(device)
+            best_mi = torch.where(improved & aggressive, mi, best_mi)
+            mi_misses = torch.where(improved, mi_misses, mi_misses + aggressive.long())
+            aggressive &= mi_misses < lin.mi_patience
         now = time.perf_counter()
         if now - last_report >= progress_every or epoch == settings.epochs - 1:
             last_report = now
             done = epoch + 1
-            ok = ~failed.cpu()
+            ok = ~failed_now
             mean_loss = float(history[-1][ok].mean()) if ok.any() else float("nan")
             eta = (now - start) / done * (settings.epochs - done)
             log.info("epoch %d/%d  mean loss %.4f  failed %d/%d  aggressive %d  %.1fs elapsed, ETA %.0fs",
-                     done, settings.epochs, mean_loss, int(failed.sum()), M, int(aggressive.sum()),
+                     done, settings.epochs, mean_loss, int(failed_now.sum()), M, int(aggressive.sum()),
                      now - start, eta)
     return TrainLog(final_loss=history[-1] if history else torch.full((M,), float("nan")),
                     failed=failed.cpu(), failed_epoch=failed_epoch,
-                    aggressive_epochs=aggressive_epochs, inner_steps=inner_total,
+                    aggressive_epochs=aggressive_epochs, inner_steps=inner_total.cpu(),
                     seconds=time.perf_counter() - start, history=history)
 
 
 def fit_encoder_to_gaussians(model: VAEEnsemble, train_x: torch.Tensor, target_mean: torch.Tensor,
                              target_log_var: torch.Tensor, version_of_member: torch.Tensor,
-                             rngs: list[MemberRandomness], epochs: int, batch_size: int,
-                             learning_rate: float, members: torch.Tensor | None = None) -> None:
-    """Fit each member's (or each member in the boolean mask `members`) encoder q(z|x) to given Gaussians N(m(x), v(x)) by minimising
+                             streams: MemberStreams, epochs: int, batch_size: int,
+                             learning_rate: float) -> None:
+    """Fit each member's encoder q(z|x) to given Gaussians N(m(x), v(x)) by minimising
     KL[q(z|x) || N(m(x), v(x))] averaged over points (cosine-decayed learning rate).
 
     A warm start for the encoder of a ground-truth decoder: where the decoder is flat in z
@@ -243,22 +234,20 @@ def fit_encoder_to_gaussians(model: VAEEnsemble, train_x: torch.Tensor, target_m
     train_x: (V, N, D); target_*: (V, N, K) per data version.
     """
     M, N, B = model.M, train_x.shape[1], batch_size
-    device = model.encoder.flat.device
-    rows = version_of_member.to(device).view(M, 1)
+    rows = version_of_member.to(train_x.device).view(M, 1)
     opt = MaskedAdam(model.encoder, lr=learning_rate)
-    update = torch.ones(M, dtype=torch.bool) if members is None else members
     steps, total = 0, epochs * (N // B)
-    for _ in range(epochs):
-        order = torch.stack([torch.randperm(N, generator=r.shuffle) for r in rngs]).to(device)
+    for epoch in range(epochs):
+        order = streams.permutation("shuffle", (epoch,), N)
         for step in range(N // B):
-            opt.hyper["lr"] = learning_rate * 0.5 * (1 + math.cos(math.pi * steps / total))
+            opt.lr = learning_rate * 0.5 * (1 + math.cos(math.pi * steps / total))
             idx = order[:, step * B:(step + 1) * B]
             mu, log_var = model.encode(train_x[rows, idx])
             m, lv = target_mean[rows, idx], target_log_var[rows, idx]
             kl = 0.5 * (lv - log_var + (log_var.exp() + (mu - m) ** 2) / lv.exp() - 1).sum(-1).mean(1)
             model.encoder.zero_grad()
             kl.sum().backward()
-            opt.step(update)
+            opt.step()
             steps += 1
 
 
@@ -268,35 +257,34 @@ def _backward(model: VAEEnsemble, total: torch.Tensor) -> None:
     total.backward()
 
 
-def _lin_inner_loop(model, task, enc_opt, rngs, active, lin: LinSettings):
+def _lin_inner_loop(model, task, enc_opt, streams: MemberStreams, active, lin: LinSettings,
+                    index: tuple) -> torch.Tensor:
     """LIN's aggressive inner loop: inference-network-only steps until the loss stops improving.
 
-    Returns the number of inner steps each member took, (M,).
+    Decided on the device: a member's `active` flag changes only at the end of each block of
+    R inner steps (He et al.'s check), so the host looks once per block, to stop when no
+    member is left.  Returns the number of inner steps each member took, (M,).
     """
-    M = model.M
     device = model.encoder.flat.device
     active = active.clone()
-    steps_taken = torch.zeros(M, dtype=torch.long, device=device)
-    previous = torch.full((M,), LIN_INITIAL_PREVIOUS_LOSS, dtype=torch.float64, device=device)
-    running = torch.zeros(M, dtype=torch.float64, device=device)
+    steps_taken = torch.zeros(model.M, dtype=torch.long, device=device)
+    previous = torch.full((model.M,), LIN_INITIAL_PREVIOUS_LOSS, dtype=torch.float64, device=device)
+    running = torch.zeros(model.M, dtype=torch.float64, device=device)
     model.decoder.set_requires_grad(False)
-    sub_iter = 1
-    while sub_iter < LIN_MAX_INNER_STEPS:
-        members = active.nonzero().flatten().tolist()
-        if not members:
+    for sub_iter in range(1, LIN_MAX_INNER_STEPS):
+        if (sub_iter - 1) % lin.inner_steps == 0 and not bool(active.any()):
             break
-        loss = task.inner_loss(model, rngs, members)
+        loss = task.inner_loss(model, streams, (*index, sub_iter))
         ok = active & torch.isfinite(loss.detach())
         running += torch.where(active, loss.detach().to(torch.float64), 0.0)
         _backward(model, torch.where(ok, loss, 0.0).sum())
         enc_opt.step(ok)
         steps_taken += active.long()
-        task.draw_inner_batch(rngs, members)   # as in He et al.: B distinct random training points
+        task.draw_inner_batch(sub_iter - 1)   # as in He et al.: B distinct random training points
         if sub_iter % lin.inner_steps == 0:
             current = running / lin.inner_steps
             active &= (previous - current) >= lin.threshold
             previous, running = current, torch.zeros_like(running)
-        sub_iter += 1
     model.decoder.set_requires_grad(True)
     return steps_taken
 
@@ -326,25 +314,32 @@ class M2Task:
     def _noise_shapes(self, n_u, n_l, S):
         return (n_u, S, self.labels.noise_dim), (n_u, S, self.K), (n_l, S, self.K)
 
-    def start_epoch(self, rngs) -> None:
+    def start_epoch(self, streams: MemberStreams, epoch: int) -> None:
+        """Each member's permutations of its unlabelled and (cycled) labelled points, and the
+        epoch's noise, for all steps at once."""
         x = self.data["x_unlabelled"]
-        dtype, device, steps = x.dtype, x.device, self.steps_per_epoch
-        self.order_u = torch.stack([torch.randperm(self.N_u, generator=r.shuffle) for r in rngs]).to(device)
+        steps = self.steps_per_epoch
+        self.epoch = epoch
+        self.order_u = streams.permutation("shuffle", (epoch,), self.N_u)
         repeats = -(-steps * self.B_l // self.N_l)
-        self.order_l = torch.stack([torch.cat([torch.randperm(self.N_l, generator=r.shuffle)
-                                               for _ in range(repeats)]) for r in rngs]).to(device)
-        self.noise = [member_noise(rngs, (steps, *shape), dtype, device)
-                      for shape in self._noise_shapes(self.B, self.B_l, self.S)]
+        self.order_l = torch.cat([streams.permutation("shuffle-labelled", (epoch, r), self.N_l)
+                                  for r in range(repeats)], dim=1)
+        self.noise = [streams.normal(name, (epoch,), (steps, *shape), x.dtype)
+                      for name, shape in zip(self.NOISE, self._noise_shapes(self.B, self.B_l, self.S))]
+
+    NOISE = ("noise-y", "noise-z-unlabelled", "noise-z-labelled")
 
     def _gather(self, idx_u, idx_l):
         d = self.data
         return (d["x_unlabelled"][self.rows, idx_u], d["x_labelled"][self.rows, idx_l],
                 d["y_labelled"][self.rows, idx_l])
 
-    def select_batch(self, step: int) -> None:
+    def select_batch(self, streams: MemberStreams, step: int) -> None:
         B, B_l = self.B, self.B_l
         self.batch = self.inner_batch = self._gather(self.order_u[:, step * B:(step + 1) * B],
                                                      self.order_l[:, step * B_l:(step + 1) * B_l])
+        self.inner_batches = (InnerBatches(streams, "lin-batch", (self.epoch, step), self.N_u, B),
+                              InnerBatches(streams, "lin-batch-labelled", (self.epoch, step), self.N_l, B_l))
 
     def _loss(self, model, batch, bound, noise) -> torch.Tensor:
         x_u, x_l, y_l = batch
@@ -355,36 +350,29 @@ class M2Task:
     def loss(self, model, step: int) -> torch.Tensor:
         return self._loss(model, self.batch, self.bound, [n[:, step] for n in self.noise])
 
-    def inner_loss(self, model, rngs, members: list[int]) -> torch.Tensor:
-        x = self.data["x_unlabelled"]
-        noise = [masked_noise(rngs, members, model.M, shape, x.dtype, x.device)
-                 for shape in self._noise_shapes(self.B, self.B_l, 1)]
+    def inner_loss(self, model, streams: MemberStreams, index: tuple) -> torch.Tensor:
+        dtype = self.data["x_unlabelled"].dtype
+        noise = [streams.normal("lin-" + name, index, shape, dtype)
+                 for name, shape in zip(self.NOISE, self._noise_shapes(self.B, self.B_l, 1))]
         return self._loss(model, self.inner_batch, "elbo", noise)   # LIN trains the VAE bounds
 
-    def draw_inner_batch(self, rngs, members: list[int]) -> None:
-        device = self.data["x_unlabelled"].device
-        M = len(self.rows)
-        self.inner_batch = self._gather(random_batches(rngs, members, M, self.N_u, self.B, device),
-                                        random_batches(rngs, members, M, self.N_l, self.B_l, device))
+    def draw_inner_batch(self, draw: int) -> None:
+        unlabelled, labelled = self.inner_batches
+        self.inner_batch = self._gather(unlabelled(draw), labelled(draw))
 
     @torch.no_grad()
-    def mutual_information(self, model, rngs, members: list[int]) -> torch.Tensor:
+    def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
         """He et al.'s I_q(x; z) on validation data, for the encoder q(z | x, y) given the
         discriminator's mean label (class probabilities, or the Gaussian's mean)."""
-        x_valid = self.data["x_valid"]
-        n_valid, B = x_valid.shape[1], self.B
-        eps = masked_noise(rngs, members, model.M, (n_valid, self.K), x_valid.dtype, x_valid.device)
-        member_valid = x_valid[self.rows.view(-1)]
-        total = torch.zeros(model.M, dtype=torch.float64)
-        for start in range(0, n_valid, B):
-            sl = slice(start, min(start + B, n_valid))
-            mi = encoder_mutual_information(_EncoderAtMeanLabel(model), member_valid[:, sl], eps[:, sl])
-            total += mi.cpu().to(torch.float64) * (sl.stop - sl.start)
-        return total / n_valid
+        member_valid = self.data["x_valid"][self.rows.view(-1)]
+        eps = streams.normal("lin-mi", (self.epoch,), (member_valid.shape[1], self.K), member_valid.dtype)
+        encoder = _EncoderAtMeanLabel(model)
+        return minibatch_mean(lambda x, e: encoder_mutual_information(encoder, x, e), member_valid, eps, self.B)
 
 
 class _EncoderAtMeanLabel:
-    """q(z | x, y-bar(x)) as an unsupervised encoder, for the mutual-information check."""
+    """The unlabelled bound's z-posterior at y-bar(x) as an unsupervised encoder, for the
+    mutual-information check: q(z | x) itself, or q(z | x, y-bar(x)) (Kingma et al.)."""
 
     def __init__(self, model):
         self.model = model
@@ -392,4 +380,4 @@ class _EncoderAtMeanLabel:
     def encode(self, x):
         out = self.model.classify(x)
         y = torch.softmax(out, -1) if self.model.labels.kind == "discrete" else out[..., :1]
-        return self.model.encode(x, y)
+        return self.model.encode_unlabelled(x, y)

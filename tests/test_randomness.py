@@ -1,0 +1,102 @@
+"""The counter-based generator: the cipher's known answers, the distributions' statistics, and
+independence between members and purposes."""
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+from vaefail.randomness import MemberStreams, philox4x32
+
+
+@pytest.mark.parametrize("counter, key, expected", [
+    # Random123's tests/kat_vectors, the three "philox4x32 10" lines
+    ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
+    ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
+    ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
+     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
+])
+def test_philox_matches_the_known_answers_of_random123(counter, key, expected):
+    out = philox4x32([torch.tensor([c]) for c in counter], [torch.tensor([k]) for k in key])
+    assert [int(w) for w in out] == expected
+
+
+def test_normal_draws_have_standard_normal_moments_and_pass_a_ks_test():
+    z = MemberStreams([7]).normal("noise", (0,), (200_000,), torch.float64)[0].numpy()
+    n = len(z)
+    assert abs(z.mean()) < 5 / math.sqrt(n)
+    assert abs(z.var() - 1) < 5 * math.sqrt(2 / n)
+    assert abs(stats.skew(z)) < 5 * math.sqrt(6 / n)
+    assert abs(stats.kurtosis(z)) < 5 * math.sqrt(24 / n)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+
+
+def test_uniform_draws_pass_a_ks_test_and_stay_inside_the_open_interval():
+    u = MemberStreams([8]).uniform("init", (), (200_000,), torch.float64)[0]
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-3
+
+
+def test_members_and_purposes_are_uncorrelated():
+    streams = MemberStreams([1, 2, 3])
+    n = 100_000
+    bound = 5 / math.sqrt(n)
+    draws = streams.normal("noise", (0,), (n,), torch.float64)
+    other_purpose = streams.normal("lin-noise", (0,), (n,), torch.float64)
+    other_index = streams.normal("noise", (1,), (n,), torch.float64)
+    other_phase = streams.child("eval").normal("noise", (0,), (n,), torch.float64)
+    pairs = [(draws[0], draws[1]), (draws[1], draws[2]), (draws[0], other_purpose[0]),
+             (draws[0], other_index[0]), (draws[0], other_phase[0]),
+             (draws[0, :-1], draws[0, 1:])]          # lag-1 within a stream
+    for a, b in pairs:
+        assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < bound
+
+
+def test_a_members_numbers_do_not_depend_on_the_other_members():
+    batch = MemberStreams([11, 12, 13])
+    alone = MemberStreams([12])
+    assert torch.equal(batch.normal("noise", (3, 1), (4, 5))[1:2], batch[1].normal("noise", (3, 1), (4, 5)))
+    assert torch.equal(batch.normal("noise", (3, 1), (4, 5))[1], alone.normal("noise", (3, 1), (4, 5))[0])
+    assert torch.equal(batch.permutation("shuffle", (0,), 50)[1], alone.permutation("shuffle", (0,), 50)[0])
+
+
+def test_the_same_request_gives_the_same_numbers_and_a_different_one_does_not():
+    streams = MemberStreams([5])
+    a = streams.normal("noise", (2,), (1000,))
+    assert torch.equal(a, MemberStreams([5]).normal("noise", (2,), (1000,)))
+    assert not torch.equal(a, streams.normal("noise", (3,), (1000,)))
+    assert not torch.equal(a, MemberStreams([6]).normal("noise", (2,), (1000,)))
+    # a prefix of a longer draw: element i depends only on its position
+    assert torch.equal(a, streams.normal("noise", (2,), (3000,))[:, :1000])
+
+
+def test_permutations_are_permutations_and_place_each_element_uniformly():
+    n, members = 7, 4000
+    perms = MemberStreams(range(members)).permutation("shuffle", (0,), n)
+    assert torch.equal(perms.sort(1).values, torch.arange(n).expand(members, n))
+    # where element 0 lands, over many independent members: uniform on n positions
+    position = (perms == 0).long().argmax(1)
+    counts = torch.bincount(position, minlength=n).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_randint_covers_its_range_uniformly():
+    draws = MemberStreams([3]).randint("labels", (), 5, (50_000,))[0]
+    assert int(draws.min()) == 0 and int(draws.max()) == 4
+    assert stats.chisquare(torch.bincount(draws, minlength=5).numpy()).pvalue > 1e-3
+
+
+def test_bad_seeds_are_refused_with_their_value():
+    with pytest.raises(ValueError, match="-1"):
+        MemberStreams([-1])
+
+
+@pytest.mark.parametrize("offset, n", [(0, 7), (1, 6), (5, 1), (10, 11)])
+def test_a_slice_of_a_stream_drawn_on_its_own_equals_the_slice_of_the_whole(offset, n):
+    streams = MemberStreams([4, 9])
+    whole_normal = streams.normal("eval", (2,), (40,), torch.float64)
+    whole_uniform = streams.uniform("eval", (2,), (40,), torch.float64)
+    assert torch.equal(streams.normal("eval", (2,), (n,), torch.float64, offset=offset),
+                       whole_normal[:, offset:offset + n])
+    assert torch.equal(streams.uniform("eval", (2,), (n,), torch.float64, offset=offset),
+                       whole_uniform[:, offset:offset + n])
