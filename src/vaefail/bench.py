@@ -1,11 +1,22 @@
-"""Benchmark: a plain one-model training loop vs the batched ensemble, and FLOP/s vs SGEMM.
+"""Benchmark: the batched trainer and evaluation on the paper's job shapes, and an estimate of
+the whole paper grid's time.
 
-    python -m vaefail.bench [--rounds 3] [--members 200] [--iwae-members 10]
+    python -m vaefail.bench [--device cpu|cuda] [--rounds 3] [--quick]
+    python -m vaefail.bench --jobs-per-device 1 2 4 8     # throughput of jobs sharing a device
 
-Measured side by side in one process, alternating the variants over several rounds and
-reporting medians (the machines are noisy).  The plain loop is what one would write
-without batching: one nn.Module per model, torch.optim.Adam with its defaults, minibatches
-sliced from a shuffled in-memory tensor.  The batched ensemble is vaefail's trainer.
+CPU (the default): a plain one-model PyTorch loop against the batched ensemble (VAE M=200,
+IWAE S=20 M=10), both in one process, alternating, medians of the rounds (the machines are
+noisy); FLOP/s against an SGEMM; the M2 trainer with one member against many; and the
+evaluation time per member of a 50-member unsupervised job at the paper's data sizes.
+
+Both devices: the paper's job shapes (unsupervised VAE and IWAE S=20 with 50 members;
+semi-supervised discrete Semi-Circle IWAE S=20 with 600 members; UCI Diabetic Retinopathy
+IWAE S=20 K=5 with 600 members): seconds per epoch, model-steps/s, achieved FLOP/s against a
+matmul measured on the same device, and the paper grid's hours estimated from them (per
+job: FLOPs per epoch / the achieved rate of its shape's class x epochs, plus evaluation).
+On the CPU the 600-member shapes are timed with fewer members and scaled by members (the CPU
+is compute-bound: time grows linearly with members; stated in the output).
+
 The last line printed is one JSON object.
 """
 from __future__ import annotations
@@ -13,37 +24,247 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
+import threading
 import time
 
 import torch
 from torch import nn
 
+from . import grid
+from .config import resolve
+from .evaluate import evaluate_members
 from .m2 import Labels, M2Ensemble
 from .model import VAEEnsemble
-from .nets import uniform_init
-from .runtime import configure_cpu
-from .train import M2Task, MemberRandomness, TrainSettings, train_ensemble, train_vae
+from .nets import random_init
+from .randomness import MemberStreams
+from .runtime import configure_cpu, configure_device
+from .train import LinSettings, M2Task, TrainSettings, train_ensemble, train_vae
 
 HIDDEN = [50, 50, 50]
+UCI_HIDDEN = [100, 100, 100]
 BATCH = 100
 
 
-def flops_per_model_step(samples: int, data_dim: int = 2, latent_dim: int = 1) -> float:
-    """Matmul FLOPs of one training step of one model: forward 2*rows*in*out per layer,
-    backward twice that (gradients for inputs and weights)."""
-    def mlp(sizes):
-        return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
-    encoder = BATCH * mlp([data_dim, *HIDDEN, 2 * latent_dim])
-    decoder = BATCH * samples * mlp([latent_dim, *HIDDEN, data_dim])
-    return 3 * 2 * (encoder + decoder)
+# --- FLOP counts -----------------------------------------------------------------------------
+def mlp_flops(sizes: list[int], rows: float) -> float:
+    """Multiply-add FLOPs of one forward pass of an MLP on `rows` inputs."""
+    return 2 * rows * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def _data(n: int, seed: int = 0) -> torch.Tensor:
+def flops_per_model_step(samples: int, data_dim: int = 2, latent_dim: int = 1,
+                         hidden: list[int] = HIDDEN, batch: int = BATCH) -> float:
+    """Matmul FLOPs of one VAE/IWAE training step of one model: forward, and twice that
+    backward (gradients for inputs and weights)."""
+    encoder = mlp_flops([data_dim, *hidden, 2 * latent_dim], batch)
+    decoder = mlp_flops([latent_dim, *hidden, data_dim], batch * samples)
+    return 3 * (encoder + decoder)
+
+
+def flops_per_m2_step(samples: int, data_dim: int, latent_dim: int, label_dim: int, hidden: list[int],
+                      batch: int, labelled_batch: int) -> float:
+    """Matmul FLOPs of one M2 training step of one model (J, eq. 4): the discriminator on every
+    point, q(z|x,y) and f(y,z) on every sample of the unlabelled and the labelled points."""
+    disc_out = label_dim if label_dim > 1 else 2
+    points = batch + labelled_batch
+    rows = (batch + labelled_batch) * samples
+    forward = (mlp_flops([data_dim, *hidden, disc_out], points)
+               + mlp_flops([data_dim + label_dim, *hidden, 2 * latent_dim], rows)
+               + mlp_flops([label_dim + latent_dim, *hidden, data_dim], rows))
+    return 3 * forward
+
+
+# --- the paper's job shapes --------------------------------------------------------------------
+def _toy_data(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 1, generator=gen)
-    return torch.cat([torch.cos(3 * z), torch.sin(2 * z)], -1) + 0.1 * torch.randn(n, 2, generator=gen)
+    base = torch.cat([torch.cos(3 * z), torch.sin(2 * z)], -1)
+    x = base.repeat(1, -(-dim // 2))[:, :dim]
+    return x + 0.1 * torch.randn(n, dim, generator=gen)
 
 
+def vae_ensemble(members: int, device, data_dim=2, latent_dim=1, hidden=HIDDEN, dtype=torch.float32):
+    model = VAEEnsemble(data_dim, latent_dim, hidden, members, dtype=dtype, device=device)
+    streams = MemberStreams(range(members), device)
+    random_init(model.encoder, model.encoder_net.init_bounds(model.encoder), streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
+    model.set_sigma2(0.01)
+    return model, streams
+
+
+def m2_ensemble(members: int, data_dim: int, latent_dim: int, labels: Labels, hidden, device,
+                dtype=torch.float32):
+    model = M2Ensemble(data_dim, latent_dim, labels, hidden, members, dtype=dtype, device=device)
+    streams = MemberStreams(range(members), device)
+    bounds = model.encoder_init_bounds()
+    random_init(model.encoder, bounds, streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
+    model.set_sigma2(0.5 if data_dim > 2 else 0.01)
+    return model, streams
+
+
+def m2_task(bound: str, samples: int, members: int, n_unlabelled: int, n_labelled: int, data_dim: int,
+            labels: Labels, latent_dim: int, device, dtype=torch.float32) -> M2Task:
+    x = _toy_data(n_unlabelled + n_labelled + 200, data_dim).to(device, dtype)
+    y = torch.arange(n_labelled) % labels.classes
+    data = {"x_unlabelled": x[:n_unlabelled].unsqueeze(0),
+            "x_labelled": x[n_unlabelled:n_unlabelled + n_labelled].unsqueeze(0),
+            "y_labelled": torch.nn.functional.one_hot(y, labels.classes).to(device, dtype).unsqueeze(0),
+            "x_valid": x[-200:].unsqueeze(0)}
+    weights = torch.ones(members, device=device, dtype=dtype)
+    return M2Task(bound, samples, data, torch.zeros(members, dtype=torch.long), weights, weights, BATCH,
+                  labels, latent_dim)
+
+
+class Shape:
+    """One of the paper's training-job shapes, timed over a few epochs after one warm-up epoch."""
+
+    def __init__(self, name: str, members: int, flops_per_member_epoch: float, build):
+        self.name, self.members, self.flops_per_member_epoch = name, members, flops_per_member_epoch
+        self.build = build   # (members, device) -> (model, task, streams, settings)
+
+    def epoch_seconds(self, device, members: int, epochs: int, start_at: float | None = None) -> float:
+        """Seconds per epoch; with start_at (a time.time()), timing starts then (-1 if the
+        warm-up ended too late)."""
+        model, task, streams, settings = self.build(members, device)
+        settings.epochs = 1
+        train_ensemble(model, task, streams, settings, progress_every=1e9)
+        _synchronise(device)
+        if start_at is not None:
+            if time.time() > start_at:
+                return -1.0
+            time.sleep(start_at - time.time())
+        settings.epochs = epochs
+        start = time.perf_counter()
+        train_ensemble(model, task, streams, settings, progress_every=1e9)
+        _synchronise(device)
+        return (time.perf_counter() - start) / epochs
+
+
+def paper_shapes() -> dict[str, Shape]:
+    """The shapes the issue names, with the paper's data sizes (appendix J)."""
+    uci_rows = 1151 // 3                          # Diabetic Retinopathy: thirds of 1151 rows
+    uci_labelled = round(0.1 * uci_rows)
+    uci_unlabelled = uci_rows - uci_labelled
+    semi_unlabelled, semi_labelled = 4500, 500    # 5000 training points, 10 % labelled
+    uci_labels, semi_labels = Labels("discrete", 2), Labels("discrete", 2)
+
+    def unsupervised(samples):
+        def build(members, device):
+            model, streams = vae_ensemble(members, device)
+            x = _toy_data(5000, 2).unsqueeze(0).to(device)
+            task_settings = TrainSettings(objective="iwae" if samples > 1 else "elbo", samples=samples,
+                                          batch_size=BATCH)
+            from .train import VAETask
+            task = VAETask(task_settings.objective, samples, x, x[:, :2000], torch.zeros(members, dtype=torch.long),
+                           BATCH, 1)
+            return model, task, streams, task_settings
+        return build
+
+    def semi(members, device):
+        model, streams = m2_ensemble(members, 2, 1, semi_labels, HIDDEN, device)
+        task = m2_task("iwae", 20, members, semi_unlabelled, semi_labelled, 2, semi_labels, 1, device)
+        return model, task, streams, TrainSettings(objective="iwae", samples=20, batch_size=BATCH)
+
+    def uci(members, device):
+        model, streams = m2_ensemble(members, 19, 5, uci_labels, UCI_HIDDEN, device)
+        task = m2_task("iwae", 20, members, uci_unlabelled, uci_labelled, 19, uci_labels, 5, device)
+        return model, task, streams, TrainSettings(objective="iwae", samples=20, batch_size=BATCH)
+
+    semi_steps = semi_unlabelled // BATCH
+    semi_labelled_batch = max(1, round(BATCH * semi_labelled / semi_unlabelled))
+    uci_batch = min(BATCH, uci_unlabelled)
+    uci_steps = uci_unlabelled // uci_batch
+    uci_labelled_batch = max(1, round(uci_batch * uci_labelled / uci_unlabelled))
+    return {
+        "unsupervised_vae": Shape("unsupervised VAE (50 members)", 50,
+                                  5000 // BATCH * flops_per_model_step(1), unsupervised(1)),
+        "unsupervised_iwae20": Shape("unsupervised IWAE S=20 (50 members)", 50,
+                                     5000 // BATCH * flops_per_model_step(20), unsupervised(20)),
+        "semi_iwae20": Shape("semi-supervised Semi-Circle IWAE S=20 (600 members)", 600,
+                             semi_steps * flops_per_m2_step(20, 2, 1, 2, HIDDEN, BATCH, semi_labelled_batch),
+                             semi),
+        "uci_iwae20": Shape("UCI Diabetic Retinopathy IWAE S=20 K=5 (600 members)", 600,
+                            uci_steps * flops_per_m2_step(20, 19, 5, 2, UCI_HIDDEN, uci_batch, uci_labelled_batch),
+                            uci),
+    }
+
+
+# --- evaluation --------------------------------------------------------------------------------
+def evaluation_seconds_per_member(device, members: int = 50, settings: dict | None = None) -> float:
+    """evaluate_members on a 50-member unsupervised IWAE S=20 ensemble at the paper's data
+    sizes (2000 validation and test points, 5000 training points, eval settings of `paper`)."""
+    settings = settings or paper_settings()
+    model, streams = vae_ensemble(members, device)
+    data = {"train": _toy_data(5000, 2, 1), "valid": _toy_data(2000, 2, 2), "test": _toy_data(2000, 2, 3)}
+    data = {k: v.unsqueeze(0).expand(members, -1, -1).to(device) for k, v in data.items()}
+    failed = torch.zeros(members, dtype=torch.bool)
+    evaluate_members(model, {k: v[:, :200] for k, v in data.items()}, streams, objective="iwae", samples=20,
+                     settings=settings, failed=failed)    # warm-up
+    _synchronise(device)
+    start = time.perf_counter()
+    evaluate_members(model, data, streams, objective="iwae", samples=20, settings=settings, failed=failed)
+    _synchronise(device)
+    return (time.perf_counter() - start) / members
+
+
+def paper_settings() -> dict:
+    import yaml
+    from .config import ROOT
+    with open(ROOT / "config.yaml") as fh:
+        config = yaml.safe_load(fh)
+    config["scale"] = "paper"
+    return resolve(config)
+
+
+# --- the paper grid's time ---------------------------------------------------------------------
+def job_flops_per_epoch(settings: dict, experiment: str, dataset: str, setting: grid.Setting) -> tuple[str, float]:
+    """(the shape class that times it, matmul FLOPs of one epoch of the whole job)."""
+    members = len(grid.job_members(settings, experiment))
+    S = setting.samples
+    if experiment in ("unsupervised", "noise", "latent"):
+        D = 5 if experiment == "latent" else 2
+        steps = settings["n_train"] // settings["batch_size"]
+        per_step = flops_per_model_step(S, D, setting.latent_dim, settings["hidden_layers"], settings["batch_size"])
+        shape = "unsupervised_iwae20" if S > 1 else "unsupervised_vae"
+        return shape, members * steps * per_step
+    if experiment == "semisupervised":
+        n_u = round(settings["n_train"] * (1 - settings["label_fraction"]))
+        n_l = settings["n_train"] - n_u
+        B = settings["batch_size"]
+        per_step = flops_per_m2_step(S, 2, 1, 2, settings["hidden_layers"], B, max(1, round(B * n_l / n_u)))
+        return "semi_iwae20", members * (n_u // B) * per_step
+    from .uci import uci_spec
+    spec = uci_spec(dataset)
+    rows = spec.n_rows // 3
+    n_l = round(settings["label_fraction"] * rows)
+    n_u = rows - n_l
+    B = min(settings["batch_size"], n_u)
+    per_step = flops_per_m2_step(S, spec.n_features, setting.latent_dim, spec.n_classes,
+                                 settings["uci_hidden_layers"], B, max(1, round(B * n_l / n_u)))
+    return "uci_iwae20", members * (n_u // B) * per_step
+
+
+def paper_grid_hours(settings: dict, rates: dict[str, float], eval_seconds: dict[str, float],
+                     lin_factor: float) -> dict:
+    """Estimated hours of every training job of the paper grid, one after another:
+    FLOPs per epoch / the achieved FLOP/s of the job's shape class x epochs, x lin_factor for
+    LIN jobs (their inner encoder steps), plus evaluation seconds per member x members."""
+    hours = {}
+    for experiment, dataset, setting_id in grid.training_jobs(settings):
+        setting = grid.find_setting(settings, experiment, setting_id, dataset)
+        shape, flops = job_flops_per_epoch(settings, experiment, dataset, setting)
+        epochs = {"uci": settings["uci_epochs"], "semisupervised": settings["ss_epochs"]}.get(
+            experiment, settings["epochs"])
+        train = flops / rates[shape] * epochs * (lin_factor if setting.method == "lin" else 1.0)
+        members = len(grid.job_members(settings, experiment))
+        evaluation = members * eval_seconds["semi" if experiment in grid.SEMI_SUPERVISED_EXPERIMENTS else "unsupervised"]
+        hours[experiment] = hours.get(experiment, 0.0) + (train + evaluation) / 3600
+    return hours
+
+
+# --- CPU comparison with a plain loop (the bench's original lines) -----------------------------
 def plain_loop(samples: int, steps: int) -> float:
     """Model-steps per second of one ordinary PyTorch VAE/IWAE training loop."""
     def mlp(sizes):
@@ -57,7 +278,7 @@ def plain_loop(samples: int, steps: int) -> float:
     torch.manual_seed(0)
     encoder, decoder = mlp([2, *HIDDEN, 2]), mlp([1, *HIDDEN, 2])
     opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
-    x_all = _data(5000)
+    x_all = _toy_data(5000, 2)
     log_sigma2 = torch.log(torch.tensor(0.01))
     perm = torch.randperm(len(x_all))
 
@@ -86,18 +307,15 @@ def plain_loop(samples: int, steps: int) -> float:
 
 def batched(members: int, samples: int, epochs: int) -> float:
     """Model-steps per second of the batched ensemble trainer (members x 20 steps x epochs)."""
-    model = VAEEnsemble(2, 1, HIDDEN, members)
-    rngs = [MemberRandomness(s) for s in range(members)]
-    uniform_init(model.encoder, model.encoder_net.init_bounds(model.encoder), [r.init for r in rngs])
-    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
-    model.set_sigma2(0.01)
-    x = _data(2000).unsqueeze(0)
+    model, streams = vae_ensemble(members, "cpu")
+    x = _toy_data(2000, 2).unsqueeze(0)
     settings = TrainSettings(objective="iwae" if samples > 1 else "elbo", samples=samples,
                              epochs=epochs, batch_size=BATCH)
-    train_vae(model, x, x, torch.zeros(members, dtype=torch.long), rngs,
-                   TrainSettings(objective=settings.objective, samples=samples, epochs=1), progress_every=1e9)
+    versions = torch.zeros(members, dtype=torch.long)
+    train_vae(model, x, x, versions, streams, TrainSettings(objective=settings.objective, samples=samples, epochs=1),
+              progress_every=1e9)
     start = time.perf_counter()
-    train_vae(model, x, x, torch.zeros(members, dtype=torch.long), rngs, settings, progress_every=1e9)
+    train_vae(model, x, x, versions, streams, settings, progress_every=1e9)
     return members * 20 * epochs / (time.perf_counter() - start)
 
 
@@ -105,73 +323,219 @@ def batched_m2(members: int, epochs: int) -> float:
     """Model-steps per second of the batched semi-supervised (M2, VAE bounds) trainer on
     2-D data with a binary label, 10 % of labels observed."""
     labels = Labels("discrete", 2)
-    model = M2Ensemble(2, 1, labels, HIDDEN, members)
-    rngs = [MemberRandomness(s) for s in range(members)]
-    bounds = model.encoder_net.init_bounds(model.encoder) + model.discriminator_net.init_bounds(model.encoder)
-    uniform_init(model.encoder, bounds, [r.init for r in rngs])
-    uniform_init(model.decoder, model.decoder_net.init_bounds(model.decoder), [r.init for r in rngs])
-    model.set_sigma2(0.01)
-    x = _data(2200)
-    data = {"x_unlabelled": x[:2000].unsqueeze(0), "x_labelled": x[2000:].unsqueeze(0),
-            "y_labelled": torch.nn.functional.one_hot(torch.arange(200) % 2, 2).float().unsqueeze(0),
-            "x_valid": x[:200].unsqueeze(0)}
-    zeros = torch.zeros(members, dtype=torch.long)
-    weights = torch.ones(members)
-    task = M2Task("elbo", 1, data, zeros, weights, weights, BATCH, labels, 1)
-    train_ensemble(model, task, rngs, TrainSettings(epochs=1), progress_every=1e9)
+    model, streams = m2_ensemble(members, 2, 1, labels, HIDDEN, "cpu")
+    task = m2_task("elbo", 1, members, 2000, 200, 2, labels, 1, "cpu")
+    train_ensemble(model, task, streams, TrainSettings(epochs=1), progress_every=1e9)
     start = time.perf_counter()
-    train_ensemble(model, task, rngs, TrainSettings(epochs=epochs), progress_every=1e9)
+    train_ensemble(model, task, streams, TrainSettings(epochs=epochs), progress_every=1e9)
     return members * task.steps_per_epoch * epochs / (time.perf_counter() - start)
 
 
-def sgemm_flops(n: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def lin_factor(device, members: int, epochs: int = 2) -> float:
+    """Seconds per aggressive LIN epoch over seconds per VAE epoch (50 members, T=0.05, R=10)."""
+    def run(lin):
+        model, streams = vae_ensemble(members, device)
+        x = _toy_data(5000, 2).unsqueeze(0).to(device)
+        settings = TrainSettings(objective="elbo", epochs=epochs, batch_size=BATCH, lin=lin)
+        _synchronise(device)
+        start = time.perf_counter()
+        train_vae(model, x, x[:, :2000], torch.zeros(members, dtype=torch.long), streams, settings, progress_every=1e9)
+        _synchronise(device)
+        return time.perf_counter() - start
+    return run(LinSettings(0.05, 10)) / run(None)
+
+
+def matmul_flops(device, n: int = 4096, repeats: int = 10) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
     torch.mm(a, b)
+    _synchronise(device)
     start = time.perf_counter()
     for _ in range(repeats):
         torch.mm(a, b)
+    _synchronise(device)
     return 2 * n ** 3 * repeats / (time.perf_counter() - start)
 
 
+# --- device helpers ----------------------------------------------------------------------------
+def _synchronise(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+class UtilisationSampler:
+    """Mean GPU utilisation (nvidia-smi, every 0.5 s) while it runs; None without a GPU."""
+
+    def __init__(self, device):
+        self.enabled = torch.device(device).type == "cuda"
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.split()[0]))
+            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+                pass
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.mean(self.samples), 1) if self.samples else None
+
+
+# --- jobs sharing one device -------------------------------------------------------------------
+def jobs_per_device(device: str, counts: list[int], shape: str, members: int, epochs: int) -> dict:
+    """Aggregate epochs/s of N processes each training `shape` at the same time (N in counts).
+    Each process builds and warms up its ensemble, waits for a common start time, then times
+    its epochs, so start-up (imports, CUDA context) is left out of the figure."""
+    results = {}
+    for n in counts:
+        start_at = time.time() + 30 + 3 * n
+        command = [sys.executable, "-m", "vaefail.bench", "--device", device, "--one-shape", shape,
+                   "--members", str(members), "--epochs", str(epochs), "--start-at", str(start_at)]
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        outputs = [p.communicate()[0] for p in procs]
+        if any(p.returncode for p in procs):
+            raise RuntimeError(f"a benchmark process failed:\n{outputs}")
+        seconds = [float(out.split()[-1]) for out in outputs]
+        late = [s for s in seconds if s < 0]
+        if late:
+            raise RuntimeError("a benchmark process was not ready at the common start time; rerun")
+        results[n] = round(n * epochs / max(seconds), 3)
+        print(f"{n} concurrent '{shape}' jobs ({members} members): {results[n]} epochs/s in all "
+              f"(slowest process {max(seconds):.1f} s for {epochs} epochs)", flush=True)
+    return results
+
+
+# --- main --------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--members", type=int, default=200, help="ensemble size for the VAE")
-    parser.add_argument("--iwae-members", type=int, default=10, help="ensemble size for IWAE S=20")
-    parser.add_argument("--m2-members", type=int, default=144,
-                        help="ensemble size for the semi-supervised step (default: 12 alpha-gamma x 12)")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and members: a smoke test of the bench")
+    parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
+    parser.add_argument("--jobs-per-device", type=int, nargs="*", default=None,
+                        help="measure N concurrent training jobs sharing the device, for each N given")
+    parser.add_argument("--one-shape", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--members", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configure_cpu()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.rounds} rounds")
-    runs = {k: [] for k in ("plain_vae", "batched_vae", "plain_iwae20", "batched_iwae20", "sgemm",
-                            "m2_single", "m2_batched")}
-    for r in range(args.rounds):
-        runs["plain_vae"].append(plain_loop(1, 300))
-        runs["batched_vae"].append(batched(args.members, 1, 3))
-        runs["plain_iwae20"].append(plain_loop(20, 100))
-        runs["batched_iwae20"].append(batched(args.iwae_members, 20, 2))
-        runs["sgemm"].append(sgemm_flops())
-        runs["m2_single"].append(batched_m2(1, 3))
-        runs["m2_batched"].append(batched_m2(args.m2_members, 2))
+    configure_device(args.device, args.matmul_precision)
+    device = torch.device(args.device)
+    shapes = paper_shapes()
+    if args.one_shape:   # a child of --jobs-per-device: prints its seconds for --epochs epochs
+        shape = shapes[args.one_shape]
+        print(shape.epoch_seconds(device, args.members or shape.members, args.epochs, args.start_at) * args.epochs)
+        return
+    if args.jobs_per_device:
+        members = 600 if device.type == "cuda" else 4
+        result = jobs_per_device(args.device, args.jobs_per_device, "uci_iwae20", members, args.epochs)
+        print(json.dumps({"device": _device_name(device), "shape": "uci_iwae20", "members": members,
+                          "epochs_per_s_by_jobs": result}))
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {_device_name(device)}, "
+          f"matmul precision {args.matmul_precision}; medians of {args.rounds} rounds", flush=True)
+    summary = {"device": _device_name(device)}
+    if device.type == "cpu":
+        summary.update(_cpu_comparison(args.rounds, quick=args.quick))
+
+    peak = statistics.median(matmul_flops(device) for _ in range(3))
+    timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 50, "semi_iwae20": 600, "uci_iwae20": 600}
+    if device.type == "cpu":     # compute-bound: time per epoch grows linearly with members
+        timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 10, "semi_iwae20": 4, "uci_iwae20": 20}
+    if args.quick:
+        timed_members = {k: max(2, v // 10) for k, v in timed_members.items()}
+    epochs = 1 if (args.quick or device.type == "cpu") else 5
+    rates, epoch_s = {}, {}
+    with UtilisationSampler(device) as utilisation:
+        for key, shape in shapes.items():
+            m = timed_members[key]
+            seconds = statistics.median(shape.epoch_seconds(device, m, epochs) for _ in range(args.rounds))
+            scaled = seconds * shape.members / m
+            epoch_s[key] = scaled
+            rates[key] = shape.flops_per_member_epoch * m / seconds
+            note = "" if m == shape.members else f" (timed with {m} members, scaled to {shape.members})"
+            print(f"{shape.name}: {scaled:.3f} s/epoch{note}, {1 / scaled:.2f} epochs/s, "
+                  f"{rates[key] / 1e9:.1f} GFLOP/s ({rates[key] / peak:.0%} of a {peak / 1e9:.0f} GFLOP/s matmul), "
+                  f"{shape.flops_per_member_epoch / 1e9:.3f} GFLOP per member-epoch", flush=True)
+    eval_members = 50 if not args.quick else 5
+    eval_settings = paper_settings()
+    eval_s = {"unsupervised": evaluation_seconds_per_member(device, eval_members, eval_settings)}
+    eval_s["semi"] = eval_s["unsupervised"]   # the same metrics on the same sizes, plus cohorts (below)
+    print(f"evaluation of a {eval_members}-member unsupervised job at the paper's sizes: "
+          f"{eval_s['unsupervised']:.3f} s per member", flush=True)
+    factor = lin_factor(device, 50 if not args.quick else 5, epochs=1)
+    print(f"LIN while aggressive: {factor:.1f}x a VAE epoch (assumed aggressive throughout: an upper bound)")
+    hours = paper_grid_hours(eval_settings, rates, eval_s, factor)
+    total = sum(hours.values())
+    print("paper grid, one job after another: " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items())
+          + f"; total {total:.2f} h (estimate from the rates above; gt encoders and surrogates not included)")
+    summary.update({
+        "uci_iwae20_epoch_s": round(epoch_s["uci_iwae20"], 4),
+        "semi_iwae20_epoch_s": round(epoch_s["semi_iwae20"], 4),
+        "unsupervised_iwae20_epoch_s": round(epoch_s["unsupervised_iwae20"], 4),
+        "eval_s_per_member": round(eval_s["unsupervised"], 4),
+        "matmul_gflops": round(peak / 1e9, 1),
+        "sm_utilisation": utilisation.mean,
+        "paper_grid_hours": round(total, 2),
+    })
+    print(json.dumps(summary))
+
+
+def _cpu_comparison(rounds: int, quick: bool) -> dict:
+    members, iwae_members, m2_members = (200, 10, 144) if not quick else (20, 4, 12)
+    runs = {k: [] for k in ("plain_vae", "batched_vae", "plain_iwae20", "batched_iwae20", "m2_single",
+                            "m2_batched")}
+    for r in range(rounds):
+        runs["plain_vae"].append(plain_loop(1, 300 if not quick else 30))
+        runs["batched_vae"].append(batched(members, 1, 3 if not quick else 1))
+        runs["plain_iwae20"].append(plain_loop(20, 100 if not quick else 10))
+        runs["batched_iwae20"].append(batched(iwae_members, 20, 2 if not quick else 1))
+        runs["m2_single"].append(batched_m2(1, 3 if not quick else 1))
+        runs["m2_batched"].append(batched_m2(m2_members, 2 if not quick else 1))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in runs.items()), flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    sgemm = statistics.median(matmul_flops("cpu", 2048) for _ in range(3))
     vae_flops = med["batched_vae"] * flops_per_model_step(1)
     iwae_flops = med["batched_iwae20"] * flops_per_model_step(20)
-    print(f"VAE      plain loop {med['plain_vae']:8.0f} model-steps/s | batched (M={args.members}) "
+    print(f"VAE      plain loop {med['plain_vae']:8.0f} model-steps/s | batched (M={members}) "
           f"{med['batched_vae']:8.0f} model-steps/s | speed-up {med['batched_vae'] / med['plain_vae']:.1f}x")
-    print(f"IWAE S=20 plain loop {med['plain_iwae20']:7.0f} model-steps/s | batched (M={args.iwae_members}) "
+    print(f"IWAE S=20 plain loop {med['plain_iwae20']:7.0f} model-steps/s | batched (M={iwae_members}) "
           f"{med['batched_iwae20']:8.0f} model-steps/s | speed-up {med['batched_iwae20'] / med['plain_iwae20']:.1f}x")
-    print(f"SGEMM 2048^3: {med['sgemm'] / 1e9:.1f} GFLOP/s | batched VAE {vae_flops / 1e9:.1f} GFLOP/s "
-          f"({vae_flops / med['sgemm']:.0%}) | batched IWAE S=20 {iwae_flops / 1e9:.1f} GFLOP/s "
-          f"({iwae_flops / med['sgemm']:.0%})")
-    print(f"M2 (VAE bounds) one member {med['m2_single']:6.0f} model-steps/s | batched (M={args.m2_members}) "
+    print(f"SGEMM 2048^3: {sgemm / 1e9:.1f} GFLOP/s | batched VAE {vae_flops / 1e9:.1f} GFLOP/s "
+          f"({vae_flops / sgemm:.0%}) | batched IWAE S=20 {iwae_flops / 1e9:.1f} GFLOP/s ({iwae_flops / sgemm:.0%})")
+    print(f"M2 (VAE bounds) one member {med['m2_single']:6.0f} model-steps/s | batched (M={m2_members}) "
           f"{med['m2_batched']:8.0f} model-steps/s | speed-up {med['m2_batched'] / med['m2_single']:.1f}x "
-          "(same trainer, one member vs many)")
-    print(json.dumps({"speedup_vae": round(med["batched_vae"] / med["plain_vae"], 2),
-                      "speedup_iwae20": round(med["batched_iwae20"] / med["plain_iwae20"], 2),
-                      "sgemm_fraction": round(vae_flops / med["sgemm"], 3),
-                      "sgemm_fraction_iwae20": round(iwae_flops / med["sgemm"], 3),
-                      "speedup_m2_batched_vs_single": round(med["m2_batched"] / med["m2_single"], 2)}))
+          "(same trainer, one member vs many)", flush=True)
+    return {"speedup_vae": round(med["batched_vae"] / med["plain_vae"], 2),
+            "speedup_iwae20": round(med["batched_iwae20"] / med["plain_iwae20"], 2),
+            "sgemm_fraction": round(vae_flops / sgemm, 3),
+            "sgemm_fraction_iwae20": round(iwae_flops / sgemm, 3),
+            "speedup_m2_batched_vs_single": round(med["m2_batched"] / med["m2_single"], 2)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    import os
+    return f"cpu: {platform.machine()}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
