@@ -99,6 +99,21 @@ def test_relaxed_samples_lie_on_the_simplex_and_sharpen_as_the_temperature_falls
     assert torch.allclose(freq, log_pi[0].exp(), atol=0.005)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gumbel_noise_is_finite_for_every_normal_draw(dtype):
+    """Box-Muller draws reach |eps| = 8.6; in float32 Phi(eps) rounds to 1 from eps = 5.35 on,
+    which once made the Gumbel +inf and the member's loss NaN.  Below the bound nothing changes."""
+    eps = torch.cat([torch.linspace(-8.6, 8.6, 20001), torch.tensor([5.3475, 6.0, 8.57])]).to(dtype)
+    g = m2.gumbel_from_normal(eps)
+    assert torch.isfinite(g).all()
+    inside = torch.special.ndtr(eps) < 1 - 1e-12 if dtype == torch.float64 else torch.special.ndtr(eps) < 1
+    u = torch.special.ndtr(eps[inside]).clamp(min=1e-12)
+    assert torch.equal(g[inside], -torch.log(-torch.log(u)))
+    log_pi = torch.log(torch.tensor([0.3, 0.7], dtype=dtype))
+    y = m2.relaxed_one_hot(log_pi, torch.stack([torch.zeros_like(g), g], -1), m2.RELAXATION_TEMPERATURE)
+    assert torch.isfinite(y).all()
+
+
 def _m2_data(labels, V=2, n_u=300, n_l=30, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return {"x_unlabelled": torch.randn(V, n_u, 2, generator=gen), "x_labelled": torch.randn(V, n_l, 2, generator=gen),
