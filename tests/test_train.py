@@ -151,3 +151,32 @@ def test_training_reduces_the_loss():
     model, rngs = _ensemble([5, 6])
     log = train_vae(model, _data(), _data(gen_seed=1), torch.tensor([0, 1]), rngs, settings, progress_every=1e9)
     assert (log.history[-1] < log.history[0] - 1.0).all()
+
+
+def _float32_ensemble(seeds):
+    model = VAEEnsemble(2, 1, [16, 16], len(seeds), "fixed", dtype=torch.float32)
+    streams = MemberStreams(seeds)
+    random_init(model.encoder, model.encoder_net.init_bounds(model.encoder), streams, "init-encoder")
+    random_init(model.decoder, model.decoder_net.init_bounds(model.decoder), streams, "init-decoder")
+    model.set_sigma2(0.05)
+    return model, streams
+
+
+def test_in_float32_a_member_is_bit_identical_at_any_position_and_beside_a_failing_member():
+    """Members' rows are equally aligned (nets.ROW_ALIGNMENT) and a failed member is frozen
+    without moving the others off the fused Adam kernel: bitwise equality, not just rounding,
+    between any two ensembles of two or more members.  (An ensemble of one member is equal only
+    to rounding: MKL multiplies a single matrix by another path than a batch of them.)"""
+    settings = TrainSettings(objective="iwae", samples=3, epochs=3, batch_size=100)
+    train_x, valid_x = _data().float(), _data(gen_seed=1).float()
+    batch, streams = _float32_ensemble([31, 32, 33, 34])
+    with torch.no_grad():
+        batch.decoder["dec.W0"][0] = 1e30     # member 0 overflows at once and is frozen
+    log = train_vae(batch, train_x, valid_x, torch.tensor([0, 1, 0, 1]), streams, settings, progress_every=1e9)
+    assert log.failed.tolist() == [True, False, False, False]
+    for m, (seed, version) in enumerate(((32, 1), (33, 0), (34, 1)), start=1):
+        # the same member in another ensemble, at the other position, beside a healthy member
+        other, other_streams = _float32_ensemble([99, seed])
+        train_vae(other, train_x, valid_x, torch.tensor([0, version]), other_streams, settings, progress_every=1e9)
+        assert torch.equal(batch.decoder.flat[m], other.decoder.flat[1]), m
+        assert torch.equal(batch.encoder.flat[m], other.encoder.flat[1]), m

@@ -32,11 +32,20 @@ class Segment:
         return math.prod(self.shape)
 
 
+# Each member's row of `flat` is padded to a multiple of this many elements (64 bytes in
+# float32), so that every member's parameters start equally aligned: an odd row length made
+# vectorised kernels round members at even and odd positions differently (float32: a member's
+# numbers depended on its position in the ensemble).
+ROW_ALIGNMENT = 16
+
+
 class FlatParameters:
     """Named parameter tensors of M members laid out in one (M, P) tensor.
 
     `views[name]` are leaf tensors that share storage with `flat`; their `.grad` are
     views into `grad`, so autograd accumulates every gradient into one flat buffer.
+    `size` is the number of parameters of a member; `flat` has a few more columns of zeros
+    (ROW_ALIGNMENT), which no view covers and no gradient or Adam step changes.
     """
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], n_members: int,
@@ -48,7 +57,8 @@ class FlatParameters:
             offset += math.prod(shape)
         self.n_members = n_members
         self.size = offset
-        self.flat = torch.zeros(n_members, offset, dtype=dtype, device=device)
+        padded = -(-offset // ROW_ALIGNMENT) * ROW_ALIGNMENT
+        self.flat = torch.zeros(n_members, padded, dtype=dtype, device=device)
         self.grad = torch.zeros_like(self.flat)
         self.views: dict[str, torch.Tensor] = {}
         for name, seg in self.segments.items():
@@ -110,7 +120,7 @@ def uniform_init(params: FlatParameters, bounds: torch.Tensor, uniforms: torch.T
     of shape (M, P): one row per member, from that member's own random stream."""
     with torch.no_grad():
         rows = (2 * uniforms.to(torch.float64) - 1) * bounds.to(uniforms.device)
-        params.flat.copy_(rows.to(params.flat.dtype).to(params.flat.device))
+        params.flat[:, :params.size].copy_(rows.to(params.flat.dtype).to(params.flat.device))
 
 
 def random_init(params: FlatParameters, bounds: torch.Tensor, streams, purpose: str) -> None:
@@ -123,11 +133,13 @@ class MaskedAdam:
 
     Each member is updated exactly as `torch.optim.Adam(fused=True)` would update it alone
     (test_adam_matches_torch).  While every member updates at every step, PyTorch's fused
-    kernel updates the whole flat tensor at once.  Once a mask leaves some members out
-    (LIN's aggressive phase, failed members), the update is written out in tensor
-    operations with each member's own step count and applied where the mask is set, so the
-    mask may stay on the device (no host synchronisation per step).  A masked member's
-    parameters, moments and step count stay exactly as they were, NaN gradients included.
+    kernel updates the whole flat tensor at once.  Once a `mask` leaves some members out of a
+    step (LIN's aggressive phase), step counts differ and the update is written out in tensor
+    operations with each member's own count, applied where the mask is set; the mask may stay
+    on the device.  On a GPU the written-out update is used from the first step, so that no
+    step waits for the host.  `frozen` members (failed ones) are left exactly as they were,
+    NaN gradients included, without moving the others off the path they are on: a member's
+    numbers never depend on whether another member failed.
     """
 
     def __init__(self, params: FlatParameters, lr: float = 1e-3, betas=(0.9, 0.999),
@@ -138,40 +150,56 @@ class MaskedAdam:
         self.exp_avg_sq = torch.zeros_like(params.flat)
         device = params.flat.device
         self._shared_step = torch.zeros((), dtype=torch.float32, device=device)
-        self._member_steps: torch.Tensor | None = None   # (M, 1) once step counts may differ
+        # (M, 1) per-member step counts, once they may differ (and always on a GPU)
+        self._member_steps: torch.Tensor | None = (
+            None if device.type == "cpu" else torch.zeros(params.n_members, 1, dtype=torch.float32, device=device))
+        # fused steps a frozen member sat out: it keeps the shared count (a failed member never
+        # steps again), so its count is reported less these
+        self._sat_out = torch.zeros(params.n_members, dtype=torch.float32)
 
     @property
     def steps(self) -> torch.Tensor:
         """(M,) number of updates each member has received."""
         if self._member_steps is None:
-            return self._shared_step.expand(self.params.n_members).cpu().clone()
-        return self._member_steps.view(-1).cpu().clone()
+            return self._shared_step.expand(self.params.n_members).cpu() - self._sat_out
+        return self._member_steps.view(-1).cpu() - self._sat_out
 
     @torch.no_grad()
-    def step(self, mask: torch.Tensor | None = None) -> None:
-        """mask: (M,) bool on any device, True for members to update; None updates all."""
-        if self._member_steps is None and (mask is None or self._all_on_cpu(mask)):
-            self._shared_step += 1
-            torch._fused_adam_([self.params.flat], [self.params.grad], [self.exp_avg],
-                               [self.exp_avg_sq], [], [self._shared_step], lr=self.lr,
-                               beta1=self.beta1, beta2=self.beta2, weight_decay=0.0,
-                               eps=self.eps, amsgrad=False, maximize=False)
+    def step(self, mask: torch.Tensor | None = None, frozen: torch.Tensor | None = None) -> None:
+        """mask: (M,) bool, True for members that take this step (None: all); frozen: (M,)
+        bool, members left untouched (failed ones)."""
+        device = self.params.flat.device
+        if self._member_steps is None and (mask is None or bool(mask.all())):
+            self._fused_step(None if frozen is None or not bool(frozen.any()) else frozen.cpu())
             return
         if self._member_steps is None:
             self._member_steps = self._shared_step.expand(self.params.n_members, 1).clone()
-        update = (torch.ones(self.params.n_members, dtype=torch.bool, device=self.params.flat.device)
-                  if mask is None else mask.to(self.params.flat.device)).view(-1, 1)
-        self._masked_update(update)
+        update = torch.ones(self.params.n_members, dtype=torch.bool, device=device) if mask is None else mask
+        if frozen is not None:
+            update = update & ~frozen
+        self._masked_update(update.to(device).view(-1, 1))
 
-    def _all_on_cpu(self, mask: torch.Tensor) -> bool:
-        # On the CPU a look at the mask costs nothing; on a GPU it would stall the stream,
-        # so there the masked update (a few elementwise passes) is used instead.
-        return mask.device.type == "cpu" and self.params.flat.device.type == "cpu" and bool(mask.all())
+    def _fused_step(self, frozen: torch.Tensor | None) -> None:
+        """torch's fused Adam on every row (the CPU, equal step counts); frozen rows are
+        restored afterwards, so the others go through the very same kernel call."""
+        p, g, m1, m2 = self.params.flat, self.params.grad, self.exp_avg, self.exp_avg_sq
+        if frozen is not None:
+            rows = frozen.nonzero().flatten()
+            kept = [t[rows].clone() for t in (p, m1, m2)]
+            g[rows] = 0.0
+            self._sat_out[rows] += 1
+        self._shared_step += 1
+        torch._fused_adam_([p], [g], [m1], [m2], [], [self._shared_step], lr=self.lr, beta1=self.beta1,
+                           beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
+        if frozen is not None:
+            for t, saved in zip((p, m1, m2), kept):
+                t[rows] = saved
 
     def _masked_update(self, update: torch.Tensor) -> None:
         """Adam as torch's fused kernel writes it, per member, where `update` (M, 1) is set."""
         p, g, m1, m2 = self.params.flat, self.params.grad, self.exp_avg, self.exp_avg_sq
-        steps = self._member_steps + update.to(self._member_steps.dtype)
+        self._member_steps.add_(update.to(self._member_steps.dtype))
+        steps = self._member_steps
         g = torch.where(update, g, 0.0)          # masked rows may hold NaN gradients
         new_m1 = torch.lerp(m1, g, 1 - self.beta1)
         new_m2 = m2 * self.beta2 + (1 - self.beta2) * g * g
@@ -183,4 +211,3 @@ class MaskedAdam:
         p.copy_(torch.where(update, new_p, p))
         m1.copy_(torch.where(update, new_m1, m1))
         m2.copy_(torch.where(update, new_m2, m2))
-        self._member_steps = steps

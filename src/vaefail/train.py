@@ -190,9 +190,9 @@ def train_ensemble(model, task, streams: MemberStreams, settings: TrainSettings,
             loss = task.loss(model, step)
             failed |= ~torch.isfinite(loss.detach())
             _backward(model, torch.where(failed, 0.0, loss).sum())
-            enc_opt.step(~failed & ~aggressive if settings.train_decoder else ~failed)
+            enc_opt.step(~aggressive if lin is not None and settings.train_decoder else None, frozen=failed)
             if dec_opt is not None:
-                dec_opt.step(~failed)
+                dec_opt.step(frozen=failed)
             epoch_loss += loss.detach().to(torch.float64)
         failed_now = failed.cpu()
         failed_epoch[failed_now & (failed_epoch < 0)] = epoch
@@ -278,7 +278,7 @@ def _lin_inner_loop(model, task, enc_opt, streams: MemberStreams, active, lin: L
         ok = active & torch.isfinite(loss.detach())
         running += torch.where(active, loss.detach().to(torch.float64), 0.0)
         _backward(model, torch.where(ok, loss, 0.0).sum())
-        enc_opt.step(ok)
+        enc_opt.step(active, frozen=~ok)
         steps_taken += active.long()
         task.draw_inner_batch(sub_iter - 1)   # as in He et al.: B distinct random training points
         if sub_iter % lin.inner_steps == 0:
