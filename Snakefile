@@ -18,6 +18,8 @@ localrules:
     semisupervised,
     select,
     table,
+    figure_claims,
+    claims,
     figure_panels,
     figure1,
     figure_latent,

@@ -37,8 +37,9 @@ def test_paper_scale_dry_run_lists_the_full_grid(tmp_path):
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     # 5 examples x (VAE + 4 LIN + 3 IWAE) + Spiral-Dots with sigma^2 learned + 2 x 3 K x (VAE + 3 IWAE)
     assert counts["train"] == 5 * 8 + 1 + 2 * 3 * 4
-    # 2 Semi-Circles x 8 settings; 3 UCI sets x 2 K x 8 settings (sigma^2 is trained within the job)
-    assert counts["train_semisupervised"] == 2 * 8 and counts["train_uci"] == 3 * 2 * 8
+    # 2 Semi-Circles x 8 settings x 2 unlabelled z-posteriors (q(z|x), q(z|x,y)); 3 UCI sets x 2 K
+    # x 8 settings (sigma^2 is trained within the job; the first z-posterior only)
+    assert counts["train_semisupervised"] == 2 * 8 * 2 and counts["train_uci"] == 3 * 2 * 8
     assert sum(counts[r] for r in ("train", "train_semisupervised", "train_uci")) == len(grid.training_jobs(settings))
     assert counts["surrogate"] == 7 and counts["dataset"] == 9 and counts["gt_encoders"] == 7
     assert counts["uci_splits"] == 3
@@ -46,7 +47,7 @@ def test_paper_scale_dry_run_lists_the_full_grid(tmp_path):
     assert restarts["unsupervised"] + restarts["noise"] + restarts["latent"] == 65 * 5 * 10
     # each semi-supervised job trains 3 alphas x 4 gammas x 5 versions x 10 restarts
     # (UCI: x 2 sigma^2 x 5 splits x 5 restarts)
-    assert restarts["semisupervised"] == 16 * 12 * 5 * 10 and restarts["uci"] == 48 * 12 * 2 * 5 * 5
+    assert restarts["semisupervised"] == 32 * 12 * 5 * 10 and restarts["uci"] == 48 * 12 * 2 * 5 * 5
 
 
 @pytest.mark.parametrize("override, words", [

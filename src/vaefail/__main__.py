@@ -81,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--selected", nargs="+", required=True)
     c.add_argument("--out", required=True)
 
+    c = command("figure-claims", "measure the claims of Theorem 1 and Figures 2/18 on the selected models")
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out-theorem1", required=True)
+    c.add_argument("--out-separation", required=True)
+
+    c = command("claims", "score every claim of the paper from the tables: claims.csv")
+    c.add_argument("--tables", nargs="+", required=True, help="the tables' CSV files")
+    c.add_argument("--out", required=True)
+
     c = command("figure", "draw one figure from saved results")
     c.add_argument("--figure", required=True, choices=["panels", "figure1", "latent", "figure2", "ss-panels"])
     c.add_argument("--outdir", required=True)
@@ -105,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 # Errors whose message says all (the file, the cause, the fix): shown without their type.
 EXPLAINED_ERRORS = (ResultWriteError, ResultReadError, ConfigError, DataIntegrityError)
 # Commands that need no torch (and no CPU tuning for it).
-TORCH_FREE_COMMANDS = ("settings", "select", "table", "record", "paper")
+TORCH_FREE_COMMANDS = ("settings", "select", "table", "claims", "record", "paper")
 
 
 def main(argv=None) -> None:
@@ -228,6 +237,12 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "table":
         from .tables import build_table
         build_table(settings, args.table, args.selected, args.out)
+    elif args.command == "figure-claims":
+        from .figure_claims import write_figure_claims
+        write_figure_claims(settings, args.outdir, args.out_theorem1, args.out_separation)
+    elif args.command == "claims":
+        from .claims import write_claims
+        write_claims(settings, args.tables, args.out)
     elif args.command == "figure" and args.figure in ("figure2", "ss-panels"):
         from .figures_ss import draw_ss_figure
         draw_ss_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)

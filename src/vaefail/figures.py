@@ -102,11 +102,14 @@ def read_selected(outdir: str | Path, experiment: str) -> pd.DataFrame:
 
 
 def selected_row(table: pd.DataFrame, experiment: str, dataset: str, method: str, version: int,
-                 latent_dim: int | None = None) -> Selected:
-    """The selected row of `version` (no weights yet), or a note saying why there is none."""
+                 latent_dim: int | None = None, unlabelled_posterior: str | None = None) -> Selected:
+    """The selected row of `version` (no weights yet), or a note saying why there is none.
+    latent_dim, unlabelled_posterior (M2's variant): which of several selected models."""
     rows = table[(table["dataset"] == dataset) & (table["method"] == method)]
     if latent_dim is not None:
         rows = rows[rows["latent_dim"] == latent_dim]
+    if unlabelled_posterior is not None:
+        rows = rows[rows["unlabelled_posterior"] == unlabelled_posterior]
     if rows.empty:
         return Selected(experiment, dataset, method, None, None,
                         "no selected model (every restart of every setting failed)")

@@ -110,9 +110,11 @@ def load_ss_truth(outdir: str | Path, dataset: str) -> SSTruth:
                    [data[f"x_cohort{i}"].astype(np.float64) for i in range(len(values))])
 
 
-def load_ss_selected(outdir: str | Path, table, dataset: str, method: str, version: int = VERSION) -> Selected:
-    """The selected restart of `version` of one (dataset, method) as a one-member M2Ensemble."""
-    chosen = selected_row(table, EXPERIMENT, dataset, method, version)
+def load_ss_selected(outdir: str | Path, table, dataset: str, method: str, unlabelled_posterior: str,
+                     version: int = VERSION) -> Selected:
+    """The selected restart of `version` of one (dataset, method, z-posterior variant) as a
+    one-member M2Ensemble."""
+    chosen = selected_row(table, EXPERIMENT, dataset, method, version, unlabelled_posterior=unlabelled_posterior)
     if chosen.row is None:
         return chosen
     row = chosen.row
@@ -341,7 +343,8 @@ def draw_posteriors_continuous(axes_d, axes_e, truth: SSTruth, sel: Selected, po
 # --- figure "ss-panels" (Figures 15-20) ---------------------------------------------------
 def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: str) -> None:
     truth = load_ss_truth(outdir, dataset)
-    sel = load_ss_selected(outdir, read_selected(outdir, EXPERIMENT), dataset, method)
+    sel = load_ss_selected(outdir, read_selected(outdir, EXPERIMENT), dataset, method,
+                           settings["ss_unlabelled_posteriors"][0])
     points = choose_ss_points(truth)
     n_cohorts = len(truth.cohorts)
 
@@ -393,12 +396,15 @@ def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: 
         draw_posteriors_discrete(axes_d, axes_e, truth, sel, points)
         what_d = ("$p(z|x) = \\sum_y p(y, z|x)$ (shaded) and its parts $p(y, z|x)$ (lines coloured by y "
                   "as in (b)); dashed grey: the point's true z")
-        what_e = "dashed: the encoder's $\\sum_y q_\\phi(y|x)\\, q_\\phi(z|x, y)$"
+        what_e = ("dashed: the encoder's $\\sum_y q_\\phi(y|x)\\, q_\\phi(z|x, y)$"
+                  if sel.ok and sel.model.unlabelled_posterior == "xy" else "dashed: the encoder's $q_\\phi(z|x)$")
     else:
         draw_posteriors_continuous(axes_d, axes_e, truth, sel, points)
         masses = ", ".join(f"{m:g}" for m in HDR_MASSES)
         what_d = (f"joint $p(y, z|x)$ (priors N(0, 1) on y and z): highest-density regions of mass {masses}")
-        what_e = ("dashed: the inference model's joint $q_\\phi(y|x)\\, q_\\phi(z|x, y)$, regions of mass "
+        joint = ("q_\\phi(y|x)\\, q_\\phi(z|x, y)" if sel.ok and sel.model.unlabelled_posterior == "xy"
+                 else "q_\\phi(y|x)\\, q_\\phi(z|x)")
+        what_e = (f"dashed: the inference model's joint ${joint}$, regions of mass "
                   + ", ".join(f"{m:g}" for m in Q_MASSES))
     row_d.suptitle(f"(d) exact posteriors under the TRUE $f$ (surrogate, true $\\sigma^2$ = {truth.noise_variance:g}):"
                    f" {what_d}; points numbered as in (a)", fontsize=10)
@@ -413,7 +419,11 @@ def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: 
 
 # --- figure "figure2" ---------------------------------------------------------------------
 def draw_figure2(settings: dict, outdir: str, out: str) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.2), layout="constrained", squeeze=False)
+    """Ground truth, VAE and IWAE f(y, z) (two rows, one per coordinate of x) for each variant
+    of M2's unlabelled z-posterior in ss_unlabelled_posteriors (a block of rows each)."""
+    variants = settings["ss_unlabelled_posteriors"]
+    fig, axes = plt.subplots(2 * len(variants), 3, figsize=(13, 3.1 * 2 * len(variants)), layout="constrained",
+                             squeeze=False)
     if FIGURE2_DATASET not in settings.get("ss_datasets", []):
         for ax in axes.flat:
             empty_panel(ax, f"{FIGURE2_DATASET} is not among ss_datasets")
@@ -421,19 +431,25 @@ def draw_figure2(settings: dict, outdir: str, out: str) -> None:
         return
     truth = load_ss_truth(outdir, FIGURE2_DATASET)
     table = read_selected(outdir, EXPERIMENT)
-    draw_f_column(axes[:, 0], truth, truth.decoder, "(a) ground truth $f(y, z)$")
-    for col, (letter, method) in enumerate((("b", "vae"), ("c", "iwae")), start=1):
-        sel = load_ss_selected(outdir, table, FIGURE2_DATASET, method)
-        title = f"({letter}) {describe(sel, short=True) if sel.row is not None else method_label(method)}"
-        draw_f_column(axes[:, col], truth, P.m2_decoder(sel.model) if sel.ok else None, title.replace(", v", ",\nv"),
-                      sel.note, ylabels=False)
-    share_rows(axes)
+    for block, variant in enumerate(variants):
+        rows = axes[2 * block:2 * block + 2]
+        draw_f_column(rows[:, 0], truth, truth.decoder, "(a) ground truth $f(y, z)$")
+        for col, (letter, method) in enumerate((("b", "vae"), ("c", "iwae")), start=1):
+            sel = load_ss_selected(outdir, table, FIGURE2_DATASET, method, variant)
+            title = f"({letter}) {describe(sel, short=True) if sel.row is not None else method_label(method)}"
+            title = f"{VARIANT_LABELS[variant]}: " + title.replace(", v", ",\nv")
+            draw_f_column(rows[:, col], truth, P.m2_decoder(sel.model) if sel.ok else None, title,
+                          sel.note, ylabels=False)
+        share_rows(rows)
     axes[0, 0].legend(loc="best")
     fig.suptitle(f"{dataset_title(FIGURE2_DATASET)}: ground-truth vs learned likelihood function "
                  f"$f(y, z)$, each coordinate against z, one curve per y\n(selected models of data version "
                  f"{VERSION}; the paper: the VAE's curves for y = 0 and 1 nearly coincide, the IWAE's stay apart but overfit)",
                  fontweight="bold")
     save(fig, out)
+
+
+VARIANT_LABELS = {"x": "U with $q(z|x)$ (the paper)", "xy": "U with $q(z|x,y)$ (Kingma et al.)"}
 
 
 # --- entry point ------------------------------------------------------------------------

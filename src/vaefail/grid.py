@@ -37,6 +37,7 @@ class Setting:
     samples: int = 1                      # S: IWAE importance samples
     lin_threshold: float | None = None    # T
     lin_inner_steps: int | None = None    # R
+    unlabelled_posterior: str | None = None   # M2: "x" = q(z|x) in U (the paper), "xy" = q(z|x,y)
 
     @property
     def id(self) -> str:
@@ -47,6 +48,8 @@ class Setting:
             parts += [f"T{self.lin_threshold:g}", f"R{self.lin_inner_steps}"]
         if self.experiment in ("latent", "uci"):
             parts.append(f"K{self.latent_dim}")
+        if self.unlabelled_posterior == "xy":
+            parts.append("qzxy")
         return "-".join(parts)
 
     @property
@@ -86,9 +89,14 @@ def _method_settings(cfg: dict, experiment: str, **fixed) -> list[Setting]:
 
 
 def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) -> list[Setting]:
-    """The jobs' settings; for `uci` they depend on the data set (its latent dimensions)."""
-    if experiment in ("unsupervised", "semisupervised"):
+    """The jobs' settings; for `uci` they depend on the data set (its latent dimensions).
+    The Semi-Circles train each variant of M2's unlabelled z-posterior in ss_unlabelled_posteriors;
+    the UCI data sets the first one."""
+    if experiment == "unsupervised":
         return _method_settings(cfg, experiment)
+    if experiment == "semisupervised":
+        return [s for variant in cfg["ss_unlabelled_posteriors"]
+                for s in _method_settings(cfg, experiment, unlabelled_posterior=variant)]
     if experiment == "noise":
         return [Setting(experiment, "vae")]
     if experiment == "latent":
@@ -100,7 +108,9 @@ def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) 
     if experiment == "uci":
         if dataset is None:
             raise ValueError("the uci experiment's settings depend on the data set")
-        return [s for k in cfg["uci_latent_dims"][dataset] for s in _method_settings(cfg, experiment, latent_dim=k)]
+        variant = cfg["ss_unlabelled_posteriors"][0]
+        return [s for k in cfg["uci_latent_dims"][dataset]
+                for s in _method_settings(cfg, experiment, latent_dim=k, unlabelled_posterior=variant)]
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 

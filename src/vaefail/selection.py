@@ -20,7 +20,7 @@ from .config import settings_hash
 from .files import ResultReadError, check_readable, read_json, write_bytes
 
 IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
-            "lin_inner_steps", "sigma2_mode", "alpha", "gamma", "sigma2_setting", "version", "restart", "init", "seed", "status"]
+            "lin_inner_steps", "sigma2_mode", "unlabelled_posterior", "alpha", "gamma", "sigma2_setting", "version", "restart", "init", "seed", "status"]
 
 
 def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFrame:
@@ -77,6 +77,8 @@ def select_settings(best: pd.DataFrame, selection: str, per_latent_dim: bool = T
     """
     column, pick = ("knn_valid", "idxmin") if selection == "knn" else ("objective_valid", "idxmax")
     group = ["dataset", "method"] + (["latent_dim"] if per_latent_dim else [])
+    if best["unlabelled_posterior"].notna().any():   # M2: each z-posterior variant is its own model
+        group.append("unlabelled_posterior")
     score = best.groupby([*group, "hyper"])[column].mean().reset_index()
     chosen = score.loc[getattr(score.groupby(group)[column], pick)()]
     selected = best.merge(chosen[["dataset", "hyper"]], on=["dataset", "hyper"])

@@ -305,7 +305,7 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
         gamma = torch.tensor([m.gamma for m in part], dtype=torch.float32)
         sigma2 = torch.tensor([true_sigma2 if m.sigma2 is None else m.sigma2 for m in part])
         model = build_m2_ensemble(data_dim, setting.latent_dim, labels, hidden, streams, [inits[i] for i in chunk],
-                                  sigma2, gt_decoder, dev, settings["ss_unlabelled_posterior"])
+                                  sigma2, gt_decoder, dev, setting.unlabelled_posterior)
         task = M2Task(setting.objective, setting.samples, data, rows, alpha, gamma, settings["batch_size"],
                       labels, setting.latent_dim)
         gt_rows = [j for j, i in enumerate(chunk) if inits[i] == "gt"]
@@ -322,7 +322,8 @@ def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str,
                 "experiment": experiment, "dataset": dataset, "setting": setting_id, "method": setting.method,
                 "latent_dim": setting.latent_dim, "samples": setting.samples,
                 "lin_threshold": setting.lin_threshold, "lin_inner_steps": setting.lin_inner_steps,
-                "sigma2_mode": "fixed", "alpha": member.alpha, "gamma": member.gamma,
+                "sigma2_mode": "fixed", "unlabelled_posterior": setting.unlabelled_posterior,
+                "alpha": member.alpha, "gamma": member.gamma,
                 "sigma2_setting": member.sigma2, "version": member.version, "restart": member.restart,
                 "init": inits[i], "seed": seeds[j],
                 "train": {"epochs": epochs, "final_loss": float(train_log.final_loss[j]),

@@ -33,34 +33,46 @@ def _cell(table: str, row: str, column: str, values) -> dict:
             "n": len(values), "paper_mean": paper[0], "paper_sd": paper[1]}
 
 
+VARIANT_TITLES = {"x": "", "xy": " [q(z|x,y)]"}   # M2's unlabelled z-posterior; "x" is the paper's
+
+
+def row_title(dataset: str, unlabelled_posterior=None) -> str:
+    """A table row's data set, with M2's z-posterior variant where it is not the paper's."""
+    return TITLES[dataset] + VARIANT_TITLES.get(unlabelled_posterior, "")
+
+
 def _by_dataset(selected: pd.DataFrame, order: list[str]):
-    """(dataset, rows) in the configuration's order of data sets."""
+    """(row title, rows) per data set in the configuration's order, and per variant of M2's
+    unlabelled z-posterior where the rows have one."""
     for dataset in order:
         frame = selected[selected["dataset"] == dataset]
-        if len(frame):
-            yield dataset, frame
+        if "unlabelled_posterior" in frame and frame["unlabelled_posterior"].notna().any():
+            for variant in dict.fromkeys(frame["unlabelled_posterior"]):
+                yield row_title(dataset, variant), frame[frame["unlabelled_posterior"] == variant]
+        elif len(frame):
+            yield row_title(dataset), frame
 
 
 def density_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Tables 1, 3, 5: the test smooth kNN statistic of p(x), data sets x methods."""
     cells = []
-    for dataset, frame in _by_dataset(selected, order):
+    for title, frame in _by_dataset(selected, order):
         for method in ("iwae", "lin", "vae"):
             rows = frame[frame["method"] == method]
-            cells.append(_cell(name, TITLES[dataset], METHOD_TITLES[method], rows["knn_test"]))
+            cells.append(_cell(name, title, METHOD_TITLES[method], rows["knn_test"]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
 def cohort_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Tables 4, 6: the test smooth kNN statistic of each cohort p(x | y = c)."""
     cells = []
-    for dataset, frame in _by_dataset(selected, order):
+    for title, frame in _by_dataset(selected, order):
         cohort_columns = sorted((c for c in frame.columns if re.fullmatch(r"knn_cohort_test_\d+", c)
                                  and frame[c].notna().any()), key=lambda c: int(c.rsplit("_", 1)[1]))
         for method in ("iwae", "lin", "vae"):
             rows = frame[frame["method"] == method]
             for i, column in enumerate(cohort_columns):
-                cells.append(_cell(name, TITLES[dataset], f"{METHOD_TITLES[method]} cohort {i + 1}", rows[column]))
+                cells.append(_cell(name, title, f"{METHOD_TITLES[method]} cohort {i + 1}", rows[column]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
@@ -110,7 +122,8 @@ def _fmt(mean, sd, digits=3) -> str:
 
 def tex_label(text: str) -> str:
     return (text.replace("sigma^2", "$\\sigma^2$").replace("avg_i I(x; z_i)", "$\\mathrm{avg}_i I(x; z_i)$")
-            .replace("(theta, phi)", "$(\\theta,\\phi)$").replace("log p(x)", "$\\log p(x)$"))
+            .replace("(theta, phi)", "$(\\theta,\\phi)$").replace("log p(x)", "$\\log p(x)$")
+            .replace("q(z|x,y)", "$q(z|x,y)$"))
 
 
 def to_latex(cells: pd.DataFrame, caption: str, label: str) -> str:
@@ -171,7 +184,10 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
                    f"learned vs.\\ true {what} on test data (lower is better); mean $\\pm$ sd over {parts}. "
                    "Hyperparameters ($\\alpha$, $\\gamma$, the method's own"
                    + (", $K$, $\\sigma^2$" if uci else "") + f") chosen by {how} of $p(x)$. "
-                   f"Grey: the paper's Table {name[-1]}.")
+                   + ("" if uci or len(settings["ss_unlabelled_posteriors"]) < 2 else
+                      "Rows marked [$q(z|x,y)$] use Kingma et al.'s $q(z|x,y)$ in the unlabelled bound; the others "
+                      "the paper's $q(z|x)$ (eq. 30, 32). ")
+                   + f"Grey: the paper's Table {name[-1]}.")
     heading = "The paper's section 2.2 (Theorem 2)" if name == "theorem2" else f"The paper's Table {name[-1]}"
     caption = f"\\textbf{{{heading}.}} {caption}"
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ rule paper:
     input:
         settings=SETTINGS_JSON,
         sources=sorted(str(p) for p in Path(workflow.basedir, "paper").glob("*.tex")),
-        tables=TABLES,
+        tables=TABLES + CLAIM_TABLES,
+        claims=CLAIMS,
         figures=FIGURES,
         record=RECORD,
     output:

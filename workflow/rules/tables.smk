@@ -1,4 +1,5 @@
-# Tables 1-2 and the Theorem 2 numbers, each as a tidy CSV and a booktabs .tex.
+# Tables 1-6 and the Theorem 2 numbers, each as a tidy CSV and a booktabs .tex; the
+# measurements behind the claims the paper makes with figures; the claims table.
 
 TABLE_INPUTS = {
     "table1": ["unsupervised"],
@@ -29,3 +30,38 @@ rule table:
     shell:
         "python -m vaefail table --settings {input.settings:q} --table {wildcards.table:q} "
         "--selected {input.selected:q} --out {output.csv:q} --log {log:q}"
+
+
+rule figure_claims:
+    input:
+        settings=SETTINGS_JSON,
+        selected=[out("selected/unsupervised.csv"), out("selected/semisupervised.csv")],
+        weights=[*run_files("unsupervised", ".pt"), *run_files("semisupervised", ".pt")],
+        surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"] + SETTINGS["ss_datasets"]],
+        data=[out(grid.data_path(d, v)) for d in SETTINGS["unsupervised_datasets"] for v in VERSIONS],
+    output:
+        theorem1=report(out("tables/theorem1.csv"), caption="../report/theorem1.rst", category="Claims"),
+        separation=report(out("tables/separation.csv"), caption="../report/separation.rst", category="Claims"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+    log:
+        out("logs/tables/figure_claims.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail figure-claims --settings {input.settings:q} --outdir {params.outdir:q} "
+        "--out-theorem1 {output.theorem1:q} --out-separation {output.separation:q} --log {log:q}"
+
+
+rule claims:
+    input:
+        settings=SETTINGS_JSON,
+        tables=TABLES + CLAIM_TABLES,
+    output:
+        report(out("tables/claims.csv"), caption="../report/claims.rst", category="Claims"),
+    log:
+        out("logs/tables/claims.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail claims --settings {input.settings:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
