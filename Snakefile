@@ -18,6 +18,7 @@ localrules:
     semisupervised,
     select,
     table,
+    disentanglement_table,
     figure_claims,
     claims,
     figure_panels,
@@ -41,7 +42,10 @@ rule all:
 rule unsupervised:
     input:
         [t for t in TABLES if Path(t).stem in ("table1", "table2", "theorem2")],
+        DISENTANGLEMENT_TABLE,
+        APPENDIX_K_TABLES,
         out("figures/figure1.pdf"),
+        out("figures/figure5.pdf"),
         FIGURE_PANELS,
         LATENT_FIGURES,
         UNSUPERVISED_RUNS,

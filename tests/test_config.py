@@ -51,6 +51,10 @@ def test_top_level_keys_override_the_preset(raw):
     ({"n_train": 5050}, ["n_train", "5050", "batch_size"]),
     ({"restarts_random": 0, "restarts_gt": 0}, ["restarts_random", "at least one"]),
     ({"knn_k": 5000}, ["knn_k", "5000"]),
+    ({"linear_gaussian": {"singular_values": [2.0], "angle_degrees": 45, "sigma2": 0.01, "epochs": 2}},
+     ["linear_gaussian.singular_values", "[2.0]", "minItems 2"]),
+    ({"linear_gaussian": {"singular_values": [2.0, 0.5], "angle_degrees": 45, "sigma2": 0.01}},
+     ["linear_gaussian", "'epochs' is a required property"]),
 ])
 def test_bad_values_fail_with_a_message_naming_key_value_and_what_is_allowed(raw, override, words):
     with pytest.raises(ConfigError) as err:
@@ -75,6 +79,13 @@ def test_grid_paths_and_restart_kinds(raw):
     assert kinds == ["random"] * 5 + ["gt"] * 5
     k2 = grid.Setting("latent", "vae", latent_dim=2)
     assert {grid.restart_init(s, k2, r) for r in range(10)} == {"random"}
+    # appendix F's disentanglement: VAE and IWAE with K = 2, the unsupervised restarts, all random
+    disentangle = grid.experiment_settings(s, "disentangle")
+    assert [x.id for x in disentangle] == ["vae", "iwae-S3", "iwae-S10", "iwae-S20"]
+    assert {x.latent_dim for x in disentangle} == {2} and {x.sigma2_mode for x in disentangle} == {"fixed"}
+    assert {grid.restart_init(s, x, r) for x in disentangle for r in range(10)} == {"random"}
+    assert len(grid.job_run_stems(s, "disentangle", grid.LINEAR_GAUSSIAN, "vae")) == 5 * 10
+    assert grid.LINEAR_GAUSSIAN not in grid.base_datasets(s)   # no surrogate decoder
     with pytest.raises(ValueError, match="known:"):
         grid.find_setting(s, "unsupervised", "iwae-S7")
 

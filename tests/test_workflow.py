@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -36,15 +37,18 @@ def test_paper_scale_dry_run_lists_the_full_grid(tmp_path):
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     # 5 examples x (VAE + 4 LIN + 3 IWAE) + Spiral-Dots with sigma^2 learned + 2 x 3 K x (VAE + 3 IWAE)
-    assert counts["train"] == 5 * 8 + 1 + 2 * 3 * 4
+    # + appendix F's linear-Gaussian data with K = 2 x (VAE + 3 IWAE)
+    assert counts["train"] == 5 * 8 + 1 + 2 * 3 * 4 + 4
     # 2 Semi-Circles x 8 settings x 2 unlabelled z-posteriors (q(z|x), q(z|x,y)); 3 UCI sets x 2 K
     # x 8 settings (sigma^2 is trained within the job; the first z-posterior only)
     assert counts["train_semisupervised"] == 2 * 8 * 2 and counts["train_uci"] == 3 * 2 * 8
     assert sum(counts[r] for r in ("train", "train_semisupervised", "train_uci")) == len(grid.training_jobs(settings))
-    assert counts["surrogate"] == 7 and counts["dataset"] == 9 and counts["gt_encoders"] == 7
+    # the linear-Gaussian data need no surrogate and no ground-truth encoders
+    assert counts["surrogate"] == 7 and counts["dataset"] == 10 and counts["gt_encoders"] == 7
+    assert counts["disentanglement_table"] == 1
     assert counts["uci_splits"] == 3
     restarts = {e: len(grid.experiment_run_stems(settings, e)) for e in grid.EXPERIMENTS}
-    assert restarts["unsupervised"] + restarts["noise"] + restarts["latent"] == 65 * 5 * 10
+    assert restarts["unsupervised"] + restarts["noise"] + restarts["latent"] + restarts["disentangle"] == 69 * 5 * 10
     # each semi-supervised job trains 3 alphas x 4 gammas x 5 versions x 10 restarts
     # (UCI: x 2 sigma^2 x 5 splits x 5 restarts)
     assert restarts["semisupervised"] == 32 * 12 * 5 * 10 and restarts["uci"] == 48 * 12 * 2 * 5 * 5
@@ -88,6 +92,20 @@ def test_smoke_run_writes_tidy_tables(smoke_run):
     table6 = pd.read_csv(smoke_run / "tables" / "table6.csv")
     cohorts = table6[table6["column"].str.startswith("VAE")].groupby("row")["column"].count()
     assert cohorts.to_dict() == {"Contraceptive": 3, "Diabetic Retinopathy": 2, "Titanic": 2}
+
+
+def test_smoke_run_builds_the_disentanglement_table_and_scores_its_claims(smoke_run):
+    cells = pd.read_csv(smoke_run / "tables" / "disentanglement.csv")
+    assert list(dict.fromkeys(cells["row"])) == ["true A", "A R (appendix F)", "A R* (ELBO-maximising)", "VAE", "IWAE S=3"]
+    assert (cells["n"] == 2).all() and cells["mean"].notna().all()
+    assert (smoke_run / "tables" / "disentanglement.tex").read_text().count("\\toprule") == 1
+    claims = pd.read_csv(smoke_run / "tables" / "claims.csv")
+    appendix_f = claims[claims["source"] == "Appendix F"]
+    assert len(appendix_f) == 3 and set(appendix_f["verdict"]) <= {"holds", "does not hold"}
+    # drawn from the linear model itself, with its latents: no surrogate, no ground-truth encoders
+    assert "z_test" in np.load(smoke_run / "data/linear-gaussian/v0.npz").files
+    assert not (smoke_run / "surrogates/linear-gaussian.pt").exists()
+    assert not (smoke_run / "gt_encoders/linear-gaussian").exists()
 
 
 def test_smoke_run_records_provenance_per_restart(smoke_run):

@@ -37,15 +37,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--base", required=True)
     c.add_argument("--out", required=True)
 
+    # the ground-truth decoder; appendix F's linear-Gaussian data have none (the flag alone)
+    surrogate_help = "the ground-truth decoder (.pt); none for the linear-Gaussian data of appendix F"
+
     c = command("dataset", "draw every version of a data set from its ground-truth decoder")
     c.add_argument("--dataset", required=True)
-    c.add_argument("--surrogate", required=True)
+    c.add_argument("--surrogate", nargs="?", required=True, help=surrogate_help)
     c.add_argument("--out", nargs="+", required=True)
 
     def training_command(name, help_text):
         c = command(name, help_text)
         c.add_argument("--dataset", required=True)
-        c.add_argument("--surrogate", required=True)
+        c.add_argument("--surrogate", nargs="?", required=True, help=surrogate_help)
         c.add_argument("--data", nargs="+", required=True, help="every version of the data set")
         c.add_argument("--device", default="cpu")
         c.add_argument("--threads", type=int, default=1)
@@ -81,10 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--selected", nargs="+", required=True)
     c.add_argument("--out", required=True)
 
+    c = command("disentanglement-table", "appendix F: closed form and the trained models' MIG (csv + tex)")
+    c.add_argument("--all-restarts", required=True, help="selection's table of every restart of the experiment")
+    c.add_argument("--outdir", required=True, help="the output folder, whose data and weights it reads")
+    c.add_argument("--out", required=True)
+
     c = command("figure-claims", "measure the claims of Theorem 1 and Figures 2/18 on the selected models")
     c.add_argument("--outdir", required=True)
     c.add_argument("--out-theorem1", required=True)
     c.add_argument("--out-separation", required=True)
+    c.add_argument("--out-separation-restarts", required=True)
+
+    c = command("appendix-k", "appendix K: denoising and attack tables and Figure 5 from the trained models")
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out-denoising", required=True)
+    c.add_argument("--out-attack", required=True)
+    c.add_argument("--out-figure", required=True, help="output path without extension (.pdf and .png)")
+    c.add_argument("--threads", type=int, default=1)
 
     c = command("claims", "score every claim of the paper from the tables: claims.csv")
     c.add_argument("--tables", nargs="+", required=True, help="the tables' CSV files")
@@ -237,9 +253,16 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "table":
         from .tables import build_table
         build_table(settings, args.table, args.selected, args.out)
+    elif args.command == "disentanglement-table":
+        from .appendix_f import build_disentanglement_table
+        build_disentanglement_table(settings, args.all_restarts, args.outdir, args.out)
     elif args.command == "figure-claims":
         from .figure_claims import write_figure_claims
-        write_figure_claims(settings, args.outdir, args.out_theorem1, args.out_separation)
+        write_figure_claims(settings, args.outdir, args.out_theorem1, args.out_separation,
+                            args.out_separation_restarts)
+    elif args.command == "appendix-k":
+        from .appendix_k import write_appendix_k
+        write_appendix_k(settings, args.outdir, args.out_denoising, args.out_attack, args.out_figure)
     elif args.command == "claims":
         from .claims import write_claims
         write_claims(settings, args.tables, args.out)

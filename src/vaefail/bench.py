@@ -223,8 +223,8 @@ def job_flops_per_epoch(settings: dict, experiment: str, dataset: str, setting: 
     """(the shape class that times it, matmul FLOPs of one epoch of the whole job)."""
     members = len(grid.job_members(settings, experiment))
     S = setting.samples
-    if experiment in ("unsupervised", "noise", "latent"):
-        D = 5 if experiment == "latent" else 2
+    if experiment in ("unsupervised", "noise", "latent", "disentangle"):
+        D = 5 if experiment in ("latent", "disentangle") else 2
         steps = settings["n_train"] // settings["batch_size"]
         per_step = flops_per_model_step(S, D, setting.latent_dim, settings["hidden_layers"], settings["batch_size"])
         shape = "unsupervised_iwae20" if S > 1 else "unsupervised_vae"
@@ -255,8 +255,7 @@ def paper_grid_hours(settings: dict, rates: dict[str, float], eval_seconds: dict
     for experiment, dataset, setting_id in grid.training_jobs(settings):
         setting = grid.find_setting(settings, experiment, setting_id, dataset)
         shape, flops = job_flops_per_epoch(settings, experiment, dataset, setting)
-        epochs = {"uci": settings["uci_epochs"], "semisupervised": settings["ss_epochs"]}.get(
-            experiment, settings["epochs"])
+        epochs = grid.experiment_epochs(settings, experiment)
         train = flops / rates[shape] * epochs * (lin_factor if setting.method == "lin" else 1.0)
         members = len(grid.job_members(settings, experiment))
         evaluation = members * eval_seconds["semi" if experiment in grid.SEMI_SUPERVISED_EXPERIMENTS else "unsupervised"]

@@ -247,14 +247,20 @@ def rotated_mean_field_gap(A, s2, angles) -> torch.Tensor:
     return mean_field_gap(A @ R, s2)
 
 
+def appendix_f_models(A, sigma2: float) -> dict[str, torch.Tensor]:
+    """The loadings appendix F compares (isotropic sigma2): the model A itself ("original"), the
+    appendix's A R ("appendix_rotation") and the ELBO-maximising rotation ("elbo_maximising")."""
+    A = _t(A)
+    return {"original": A, "appendix_rotation": A @ appendix_rotation(A, sigma2),
+            "elbo_maximising": A @ elbo_maximising_rotation(A, sigma2)}
+
+
 def appendix_f_comparison(A, b, sigma2: float, x) -> dict[str, float]:
-    """Appendix F in numbers on data x (N, D): mean log p(x) and mean optimal-MFG ELBO of the
-    model A, of the appendix's A R and of the ELBO-maximising rotation (for isotropic sigma2)."""
-    A, b, x = _t(A), _t(b), _t(x)
-    R_appendix = appendix_rotation(A, sigma2)
-    R_best = elbo_maximising_rotation(A, sigma2)
+    """Appendix F in numbers on data x (N, D): mean log p(x) and mean optimal-MFG ELBO of each
+    model of appendix_f_models."""
+    b, x = _t(b), _t(x)
     out = {}
-    for name, matrix in [("original", A), ("appendix_rotation", A @ R_appendix), ("elbo_maximising", A @ R_best)]:
+    for name, matrix in appendix_f_models(A, sigma2).items():
         out[f"log_px_{name}"] = float(log_marginal_likelihood(matrix, b, sigma2, x).mean())
         out[f"elbo_{name}"] = float(optimal_mean_field_elbo(matrix, b, sigma2, x).mean())
     return out

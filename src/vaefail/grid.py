@@ -14,16 +14,21 @@ Experiments:
   uci             Tables 5-6: M2 on three UCI data sets; K and sigma^2 are hyperparameters
                   (sigma^2 trained within the job, like alpha and gamma), "versions" are the
                   data splits, all restarts random.
+  disentangle     Appendix F: VAE and IWAE with K = 2 on data of a linear-Gaussian truth
+                  (config key linear_gaussian), sigma^2 fixed at the truth, all restarts random.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
 
-EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci")
+EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci", "disentangle")
 SEMI_SUPERVISED_EXPERIMENTS = ("semisupervised", "uci")
 METHODS = ("vae", "lin", "iwae")
 UCI_DATASETS = ("diabetic-retinopathy", "contraceptive", "titanic")
+# Appendix F's data: drawn from a linear-Gaussian truth (vaefail.appendix_f), no surrogate decoder.
+LINEAR_GAUSSIAN = "linear-gaussian"
+LINEAR_GAUSSIAN_LATENT_DIM = 2
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,9 @@ class Setting:
 
     def has_gt_restarts(self) -> bool:
         # Appendix F: only the ground-truth latent dimensionality can start at the truth;
-        # real data have no ground truth.
-        return self.latent_dim == 1 and self.experiment != "uci"
+        # real data have no ground truth; the disentanglement experiment asks which rotation of
+        # the latents training finds, which a start at the truth would decide.
+        return self.latent_dim == 1 and self.experiment not in ("uci", "disentangle")
 
 
 def experiment_datasets(cfg: dict, experiment: str) -> list[str]:
@@ -77,6 +83,8 @@ def experiment_datasets(cfg: dict, experiment: str) -> list[str]:
         return list(cfg["ss_datasets"])
     if experiment == "uci":
         return list(cfg["uci_datasets"])
+    if experiment == "disentangle":
+        return [LINEAR_GAUSSIAN]
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
@@ -111,6 +119,10 @@ def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) 
         variant = cfg["ss_unlabelled_posteriors"][0]
         return [s for k in cfg["uci_latent_dims"][dataset]
                 for s in _method_settings(cfg, experiment, latent_dim=k, unlabelled_posterior=variant)]
+    if experiment == "disentangle":
+        k = LINEAR_GAUSSIAN_LATENT_DIM
+        return [Setting(experiment, "vae", latent_dim=k),
+                *(Setting(experiment, "iwae", latent_dim=k, samples=s) for s in cfg["iwae_samples"])]
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
@@ -125,6 +137,12 @@ def find_setting(cfg: dict, experiment: str, setting_id: str, dataset: str | Non
 def n_versions(cfg: dict, experiment: str) -> int:
     """Data versions (UCI: data splits) of an experiment."""
     return {"uci": cfg["uci_splits"], "semisupervised": cfg["ss_versions"]}.get(experiment, cfg["versions"])
+
+
+def experiment_epochs(cfg: dict, experiment: str) -> int:
+    """Training epochs of an experiment's jobs."""
+    return {"uci": cfg["uci_epochs"], "semisupervised": cfg["ss_epochs"],
+            "disentangle": cfg["linear_gaussian"]["epochs"]}.get(experiment, cfg["epochs"])
 
 
 def n_restarts(cfg: dict, experiment: str = "unsupervised") -> int:
@@ -167,7 +185,7 @@ def base_datasets(cfg: dict) -> list[str]:
     """The synthetic examples whose surrogate decoders the grid needs."""
     names = []
     for experiment in EXPERIMENTS:
-        if experiment == "uci":
+        if experiment in ("uci", "disentangle"):   # real data; a linear truth in closed form
             continue
         for name in experiment_datasets(cfg, experiment):
             base = name.removesuffix("-5d")
@@ -243,3 +261,28 @@ def training_jobs(cfg: dict) -> list[tuple[str, str, str]]:
     return [(experiment, dataset, setting.id) for experiment in EXPERIMENTS
             for dataset in experiment_datasets(cfg, experiment)
             for setting in experiment_settings(cfg, experiment, dataset)]
+
+
+def appendix_k_datasets(cfg: dict) -> list[str]:
+    """Appendix K's data sets: the latent experiment's 5-D ones and the noise experiment's."""
+    names = list(experiment_datasets(cfg, "latent"))
+    if cfg["noise_dataset"] not in names:
+        names.append(cfg["noise_dataset"])
+    return names
+
+
+def appendix_k_inputs(cfg: dict) -> list[str]:
+    """Every file (relative to the output folder) that appendix K's job reads."""
+    paths = [f"selected/{e}.csv" for e in ("latent", "noise", "unsupervised")]
+    datasets = appendix_k_datasets(cfg)
+    paths += [surrogate_path(d.removesuffix("-5d")) for d in datasets]
+    versions = range(n_versions(cfg, "latent"))
+    paths += [data_path(d, v) for d in datasets for v in versions]
+    if cfg["restarts_gt"] > 0:     # the ground-truth encoders phi_GT are one of its projections
+        paths += [gt_encoder_path(d, v) for d in datasets for v in versions]
+    paths += [f"{stem}.pt" for stem in experiment_run_stems(cfg, "latent")]
+    noise = cfg["noise_dataset"]
+    paths += [f"{s}.pt" for s in job_run_stems(cfg, "noise", noise, "vae")]
+    if noise in experiment_datasets(cfg, "unsupervised"):
+        paths += [f"{s}.pt" for s in job_run_stems(cfg, "unsupervised", noise, "vae")]
+    return list(dict.fromkeys(paths))

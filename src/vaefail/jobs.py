@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import grid
+from . import appendix_f, grid
 from .datasets import EMBEDDING, example, sample_split
 from .evaluate import evaluate_members, mean_bound
 from .files import load_npz, load_weights, save_npz, save_torch, write_json
@@ -104,7 +104,17 @@ class GroundTruthDecoder:
         return weights
 
 
-def make_dataset(settings: dict, dataset: str, surrogate_pt: str, out_paths: list[str]) -> None:
+def dataset_example(settings: dict, dataset: str):
+    """The example a data set is drawn from; appendix F's linear-Gaussian truth takes its
+    parameters from the settings."""
+    if dataset == grid.LINEAR_GAUSSIAN:
+        return appendix_f.truth(settings)
+    return example(dataset)
+
+
+def make_dataset(settings: dict, dataset: str, surrogate_pt: str | None, out_paths: list[str]) -> None:
+    if dataset == grid.LINEAR_GAUSSIAN:   # no surrogate: drawn from the linear model itself
+        return appendix_f.make_dataset(settings, out_paths)
     ex = example(dataset)
     if hasattr(ex, "label_kind"):   # a semi-supervised example
         from .semisupervised import make_ss_dataset
@@ -241,14 +251,15 @@ def fit_gt_encoders(settings: dict, dataset: str, surrogate_pt: str, data_paths:
 
 
 # --- training jobs -----------------------------------------------------------------------
-def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str,
+def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
               data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str],
               device: str = "cpu") -> None:
     """Train every restart of every data version of one setting, batched, and write one
     result file (metrics) and one weights file per restart."""
     dev = torch_device(device, settings)
     setting = grid.find_setting(settings, experiment, setting_id)
-    ex = example(dataset)
+    ex = dataset_example(settings, dataset)
+    epochs = grid.experiment_epochs(settings, experiment)
     R = grid.n_restarts(settings)
     members = [(v, r) for v in range(len(data_paths)) for r in range(R)]
     if len(out_stems) != len(members):
@@ -259,7 +270,7 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
                    if "gt" in inits else None)
     data = {split: load_versions(data_paths, split, torch.float32, dev)
             for split in ("train", "valid", "test")}
-    train_settings = training_settings(settings, setting, settings["epochs"])
+    train_settings = training_settings(settings, setting, epochs)
     prov = provenance(settings, device)
     chunks = _chunks(len(members), settings["batch_size"] * setting.samples, dev)
     n_failed = 0
@@ -280,14 +291,14 @@ def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, su
             version, restart = members[i]
             result = dict(results[j])
             if result["status"] != "ok":
-                result.setdefault("reason", failure_reason(train_log, j, settings["epochs"]))
+                result.setdefault("reason", failure_reason(train_log, j, epochs))
             record = {
                 "experiment": experiment, "dataset": dataset, "setting": setting_id,
                 "method": setting.method, "latent_dim": setting.latent_dim, "samples": setting.samples,
                 "lin_threshold": setting.lin_threshold, "lin_inner_steps": setting.lin_inner_steps,
                 "sigma2_mode": setting.sigma2_mode, "version": version, "restart": restart,
                 "init": inits[i], "seed": seeds[j],
-                "train": {"epochs": settings["epochs"], "final_loss": float(train_log.final_loss[j]),
+                "train": {"epochs": epochs, "final_loss": float(train_log.final_loss[j]),
                           "failed_epoch": int(train_log.failed_epoch[j]),
                           "lin_aggressive_epochs": int(train_log.aggressive_epochs[j]),
                           "lin_inner_steps_taken": int(train_log.inner_steps[j]),

@@ -457,3 +457,34 @@ def plot_projection_panel(ax, manifold, grid, projected, example: dict | None = 
                 ax.annotate("", example[f"{projector}_projection"][i], end, arrowprops=dict(arrowstyle="->", color="k"))
     ax.set_aspect("equal")
     ax.set_title(title)
+
+
+# --- the orthogonal projection onto a known 1-D manifold (added for vaefail.appendix_k) -------
+def nearest_point_encoder(decoder: Decoder, grid=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """z*(x) = argmin_z |x - f(z)|^2 for a 1-D latent, so that f(z*(x)) is the orthogonal
+    projection of x onto the manifold {f(z)} (Figure 5's "projection onto the true manifold",
+    the limit sigma^2 -> 0 of the posterior mean).  The argmin is taken over a grid (default
+    4001 points on [-6, 6]) and refined by one Gauss-Newton step,
+    z = z_g + clamp(t . (x - f(z_g)) / |t|^2, +-h) with t = f'(z_g) and h the grid spacing,
+    which makes z*(x) differentiable: dz/dx = t / |t|^2, so the projection's Jacobian is the
+    tangent projector t t^T / |t|^2 (exact to first order), and gradient attacks through it
+    see the manifold's direction instead of the zero gradient of a pure argmin.
+    Returns x (..., D) -> (..., 1) in x's dtype."""
+    axis = _t(P.uniform_grid(-6.0, 6.0, 4001) if grid is None else grid).reshape(-1)
+    points = axis.unsqueeze(-1)
+    with torch.no_grad():
+        means = _t(decoder(points))                                                # (G, D)
+    _, tangents = torch.autograd.functional.jvp(lambda z: decoder(z).to(DTYPE), points, torch.ones_like(points))
+    tangents = tangents.detach()
+    spacing = float((axis[1:] - axis[:-1]).abs().max())
+    means_sq = (means ** 2).sum(-1)
+
+    def encoder(x: torch.Tensor) -> torch.Tensor:
+        x64 = x.to(DTYPE)
+        with torch.no_grad():
+            idx = ((x64 ** 2).sum(-1, keepdim=True) + means_sq - 2 * x64 @ means.T).argmin(-1)
+        t = tangents[idx]
+        step = ((x64 - means[idx]) * t).sum(-1) / (t ** 2).sum(-1).clamp_min(1e-30)
+        return (axis[idx] + step.clamp(-spacing, spacing)).unsqueeze(-1).to(x.dtype)
+
+    return encoder

@@ -20,7 +20,8 @@ from .datasets import TITLES
 from .files import read_csv, read_json
 from .grid import base_datasets
 from .provenance import code_version
-from .tables import tex_label
+from .claims import COLLAPSED_FRACTION
+from .tables import METHOD_TITLES, tex_label
 
 PAPER_SOURCES = ROOT / "paper"
 AGREEMENT_SDS = 2.0
@@ -63,6 +64,56 @@ def claim_rows(claims: pd.DataFrame) -> str:
     """The claims table (tables/claims.csv) as longtable rows: claim, source, measured, verdict."""
     return "\n".join(f"{r['claim']} & {tex(r['source'])} & {tex(r['measured'])} & {r['verdict']} \\\\"
                      for _, r in claims.iterrows())
+
+
+def separation_rows(outdir: Path, settings: dict) -> str:
+    """Rows (z-posterior, method) x gamma of the Discrete Semi-Circle's restarts: mean label
+    separation and the share collapsed, over every alpha, version and restart."""
+    restarts = read_csv(outdir / "tables" / "separation-restarts.csv")
+    truth = read_csv(outdir / "tables" / "separation.csv")
+    truth = truth[(truth["dataset"] == "discrete-semicircle") & (truth["model"] == "truth")]["separation"]
+    if restarts.empty or truth.empty:
+        return ""
+    bound = COLLAPSED_FRACTION * float(truth.mean())
+    ok = restarts[restarts["status"] == "ok"]
+    lines = []
+    for (variant, method), rows in ok.groupby(["unlabelled_posterior", "method"], sort=False):
+        cells = []
+        for gamma in settings["ss_gammas"]:
+            g = rows[rows["gamma"] == gamma]["separation"]
+            cells.append(f"{g.mean():.2f} ({(g < bound).mean():.0%})" if len(g) else "--")
+        chosen = rows[rows["selected"]]["separation"]
+        cells.append(f"{chosen.mean():.2f}" if len(chosen) else "--")
+        label = "$q(z|x)$" if variant == "x" else "$q(z|x,y)$"
+        lines.append(" & ".join([label, METHOD_TITLES[method], *cells]).replace("%", "\\%") + " \\\\")
+    return "\n".join(lines)
+
+
+def collapse_sentence(outdir: Path) -> str:
+    """What this run found for Figure 2, in words, from tables/separation.csv."""
+    sep = read_csv(outdir / "tables" / "separation.csv")
+    sep = sep[sep["dataset"] == "discrete-semicircle"]
+    if sep.empty:
+        return "The Discrete Semi-Circle was not part of this run."
+    truth = float(sep[sep["model"] == "truth"]["separation"].mean())
+    parts = []
+    for variant, name in (("x", "the paper's $q(z|x)$"), ("xy", "Kingma et al.'s $q(z|x,y)$")):
+        rows = sep[sep["unlabelled_posterior"] == variant]
+        if rows.empty:
+            continue
+        vae = float(rows[rows["model"] == "vae"]["separation"].mean())
+        iwae = float(rows[rows["model"] == "iwae"]["separation"].mean())
+        state = "collapsed" if vae < COLLAPSED_FRACTION * truth else "not collapsed"
+        parts.append(f"with {name} in $U$ the selected VAE's separation is {_num(vae, 2)} ({state}) and "
+                     f"IWAE's {_num(iwae, 2)}")
+    return f"In this run the true separation is {_num(truth, 2)}; " + "; ".join(parts) + "."
+
+
+def restart_counts(outdir: Path) -> list[str]:
+    """\\AllRestarts and \\FailedRestarts: every per-restart result of the run, and those failed."""
+    statuses = pd.concat([read_csv(p)["status"] for p in sorted((outdir / "selected").glob("*-all-restarts.csv"))])
+    return [f"\\newcommand{{\\AllRestarts}}{{{len(statuses)}}}",
+            f"\\newcommand{{\\FailedRestarts}}{{{int((statuses != 'ok').sum())}}}"]
 
 
 def settings_rows(settings: dict) -> str:
@@ -147,17 +198,14 @@ def latent_figures(settings: dict, outdir: Path) -> str:
 
 
 def ss_figures(settings: dict, outdir: Path) -> str:
-    parts = []
-    if "discrete-semicircle" in settings["ss_datasets"]:
-        parts.append(_figure(outdir / "figures" / "figure2.pdf",
-                             "Discrete Semi-Circle: the true decoder $f(y,z)$ for $y=0,1$ and those learned by the "
-                             "selected VAE and IWAE (the paper's Figure~2)."))
-    parts += [_figure(outdir / "figures" / "ss-panels" / f"{d}-{m}.pdf",
-                      f"Semi-supervised {METHOD_NAMES[m]} on the {TITLES[d]} (the paper's Figures 15--20 show "
-                      "such panels): (a) $p(x)$, (b) $f(y,z)$ per $y$, (c) each cohort $p(x|y)$, true and learned; "
-                      "exact posteriors under (d) the true and (e) the learned decoder.")
-              for d in settings["ss_datasets"] for m in ("vae", "lin", "iwae")]
-    return "\n".join(parts)
+    variant = ("the paper's $q(z|x)$" if settings["ss_unlabelled_posteriors"][0] == "x"
+               else "Kingma et al.'s $q(z|x,y)$")
+    return "\n".join(
+        _figure(outdir / "figures" / "ss-panels" / f"{d}-{m}.pdf",
+                f"Semi-supervised {METHOD_NAMES[m]} on the {TITLES[d]}, {variant} in the unlabelled bound (the "
+                "paper's Figures 15--20 show such panels): (a) $p(x)$, (b) $f(y,z)$ per $y$, (c) each cohort "
+                "$p(x|y)$, true and learned; exact posteriors under (d) the true and (e) the learned decoder.")
+        for d in settings["ss_datasets"] for m in ("vae", "lin", "iwae"))
 
 
 def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
@@ -166,6 +214,7 @@ def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
     commit = version["git_commit"] + (" (with uncommitted changes)" if version["git_dirty"] else "")
     time_rows, total = run_time_rows(outdir)
     claims = read_csv(outdir / "tables" / "claims.csv")
+    gamma_header = " & ".join(f"$\\gamma={g:g}$" for g in settings["ss_gammas"])
     verdicts = [verdict(r) for name in tables for _, r in tables[name].iterrows()
                 if np.isfinite(r["paper_mean"])]
     return "\n".join([
@@ -196,6 +245,13 @@ def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
         f"\\newcommand{{\\ClaimRows}}{{{claim_rows(claims)}}}",
         f"\\newcommand{{\\ClaimsHold}}{{{(claims['verdict'] == 'holds').sum()}}}",
         f"\\newcommand{{\\ClaimsScored}}{{{(claims['verdict'] != 'n/a').sum()}}}",
+        f"\\newcommand{{\\SeparationRows}}{{{separation_rows(outdir, settings)}}}",
+        f"\\newcommand{{\\SeparationGammaColumns}}{{{'c' * (len(settings['ss_gammas']) + 1)}}}",
+        f"\\newcommand{{\\SeparationGammaHeader}}{{{gamma_header}}}",
+        f"\\newcommand{{\\CollapseSentence}}{{{collapse_sentence(outdir)}}}",
+        f"\\newcommand{{\\CollapsedFraction}}{{{COLLAPSED_FRACTION:g}}}",
+        f"\\newcommand{{\\TheoremOneThreshold}}{{{settings['theorem1_threshold']:g}}}",
+        *restart_counts(outdir),
         f"\\newcommand{{\\PanelFigures}}{{{panel_figures(settings, outdir)}}}",
         f"\\newcommand{{\\LatentFigures}}{{{latent_figures(settings, outdir)}}}",
         f"\\newcommand{{\\SemiSupervisedFigures}}{{{ss_figures(settings, outdir)}}}",

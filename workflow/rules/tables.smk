@@ -1,5 +1,6 @@
 # Tables 1-6 and the Theorem 2 numbers, each as a tidy CSV and a booktabs .tex; the
-# measurements behind the claims the paper makes with figures; the claims table.
+# measurements behind the claims the paper makes with figures and in appendix F (disentanglement);
+# the claims table.
 
 TABLE_INPUTS = {
     "table1": ["unsupervised"],
@@ -32,16 +33,38 @@ rule table:
         "--selected {input.selected:q} --out {output.csv:q} --log {log:q}"
 
 
+rule disentanglement_table:
+    input:
+        settings=SETTINGS_JSON,
+        all_runs=out("selected/disentangle-all-restarts.csv"),
+        weights=run_files("disentangle", ".pt"),
+        data=[out(grid.data_path(grid.LINEAR_GAUSSIAN, v)) for v in range(grid.n_versions(SETTINGS, "disentangle"))],
+    output:
+        csv=report(DISENTANGLEMENT_TABLE, caption="../report/disentanglement.rst", category="Claims"),
+        tex=out("tables/disentanglement.tex"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+    log:
+        out("logs/tables/disentanglement.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail disentanglement-table --settings {input.settings:q} --all-restarts {input.all_runs:q} "
+        "--outdir {params.outdir:q} --out {output.csv:q} --log {log:q}"
+
+
 rule figure_claims:
     input:
         settings=SETTINGS_JSON,
         selected=[out("selected/unsupervised.csv"), out("selected/semisupervised.csv")],
         weights=[*run_files("unsupervised", ".pt"), *run_files("semisupervised", ".pt")],
+        results=run_files("semisupervised", ".json"),
         surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"] + SETTINGS["ss_datasets"]],
         data=[out(grid.data_path(d, v)) for d in SETTINGS["unsupervised_datasets"] for v in VERSIONS],
     output:
         theorem1=report(out("tables/theorem1.csv"), caption="../report/theorem1.rst", category="Claims"),
         separation=report(out("tables/separation.csv"), caption="../report/separation.rst", category="Claims"),
+        separation_restarts=out("tables/separation-restarts.csv"),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
     log:
@@ -50,7 +73,8 @@ rule figure_claims:
         CONDA_ENV
     shell:
         "python -m vaefail figure-claims --settings {input.settings:q} --outdir {params.outdir:q} "
-        "--out-theorem1 {output.theorem1:q} --out-separation {output.separation:q} --log {log:q}"
+        "--out-theorem1 {output.theorem1:q} --out-separation {output.separation:q} "
+        "--out-separation-restarts {output.separation_restarts:q} --log {log:q}"
 
 
 rule claims:
@@ -65,3 +89,27 @@ rule claims:
         CONDA_ENV
     shell:
         "python -m vaefail claims --settings {input.settings:q} --tables {input.tables:q} --out {output:q} --log {log:q}"
+
+
+rule appendix_k:
+    input:
+        [out(path) for path in grid.appendix_k_inputs(SETTINGS)],
+        settings=SETTINGS_JSON,
+    output:
+        denoising=report(out("tables/appendix_k_denoising.csv"), caption="../report/appendix_k.rst", category="Claims"),
+        attack=report(out("tables/appendix_k_attack.csv"), caption="../report/appendix_k.rst", category="Claims"),
+        tex=[out("tables/appendix_k_denoising.tex"), out("tables/appendix_k_attack.tex")],
+        pdf=out("figures/figure5.pdf"),
+        png=report(out("figures/figure5.png"), caption="../report/figure5.rst", category="Claims"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+    log:
+        out("logs/tables/appendix_k.log"),
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail appendix-k --settings {input.settings:q} --outdir {params.outdir:q} "
+        "--out-denoising {output.denoising:q} --out-attack {output.attack:q} --out-figure {params.stem:q} "
+        "--threads {threads} --log {log:q}"

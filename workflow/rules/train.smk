@@ -4,7 +4,7 @@
 
 rule train:
     wildcard_constraints:
-        experiment="unsupervised|noise|latent",
+        experiment="unsupervised|noise|latent|disentangle",
     input:
         settings=SETTINGS_JSON,
         surrogate=surrogate_of,
