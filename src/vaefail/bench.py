@@ -63,15 +63,18 @@ def flops_per_model_step(samples: int, data_dim: int = 2, latent_dim: int = 1,
 
 
 def flops_per_m2_step(samples: int, data_dim: int, latent_dim: int, label_dim: int, hidden: list[int],
-                      batch: int, labelled_batch: int) -> float:
+                      batch: int, labelled_batch: int, unlabelled_posterior: str = "x") -> float:
     """Matmul FLOPs of one M2 training step of one model (J, eq. 4): the discriminator on every
-    point, q(z|x,y) and f(y,z) on every sample of the unlabelled and the labelled points."""
+    point; the z-posterior once per point (q(z|x) in U, q(z|x,y) in L) or, for Kingma et al.'s
+    q(z|x,y) in U, once per sample y_s; f(y, z) on every sample."""
     disc_out = label_dim if label_dim > 1 else 2
     points = batch + labelled_batch
-    rows = (batch + labelled_batch) * samples
+    unlabelled_rows = batch if unlabelled_posterior == "x" else batch * samples
     forward = (mlp_flops([data_dim, *hidden, disc_out], points)
-               + mlp_flops([data_dim + label_dim, *hidden, 2 * latent_dim], rows)
-               + mlp_flops([label_dim + latent_dim, *hidden, data_dim], rows))
+               + mlp_flops([data_dim + label_dim, *hidden, 2 * latent_dim], labelled_batch)
+               + mlp_flops([data_dim + (0 if unlabelled_posterior == "x" else label_dim), *hidden, 2 * latent_dim],
+                           unlabelled_rows)
+               + mlp_flops([label_dim + latent_dim, *hidden, data_dim], points * samples))
     return 3 * forward
 
 
@@ -233,7 +236,8 @@ def job_flops_per_epoch(settings: dict, experiment: str, dataset: str, setting: 
         n_u = round(settings["n_train"] * (1 - settings["label_fraction"]))
         n_l = settings["n_train"] - n_u
         B = settings["batch_size"]
-        per_step = flops_per_m2_step(S, 2, 1, 2, settings["hidden_layers"], B, max(1, round(B * n_l / n_u)))
+        per_step = flops_per_m2_step(S, 2, 1, 2, settings["hidden_layers"], B, max(1, round(B * n_l / n_u)),
+                                     setting.unlabelled_posterior)
         return "semi_iwae20", members * (n_u // B) * per_step
     from .uci import uci_spec
     spec = uci_spec(dataset)
@@ -242,7 +246,8 @@ def job_flops_per_epoch(settings: dict, experiment: str, dataset: str, setting: 
     n_u = rows - n_l
     B = min(settings["batch_size"], n_u)
     per_step = flops_per_m2_step(S, spec.n_features, setting.latent_dim, spec.n_classes,
-                                 settings["uci_hidden_layers"], B, max(1, round(B * n_l / n_u)))
+                                 settings["uci_hidden_layers"], B, max(1, round(B * n_l / n_u)),
+                                 setting.unlabelled_posterior)
     return "uci_iwae20", members * (n_u // B) * per_step
 
 
@@ -261,6 +266,17 @@ def paper_grid_hours(settings: dict, rates: dict[str, float], eval_seconds: dict
         evaluation = members * eval_seconds["semi" if experiment in grid.SEMI_SUPERVISED_EXPERIMENTS else "unsupervised"]
         hours[experiment] = hours.get(experiment, 0.0) + (train + evaluation) / 3600
     return hours
+
+
+def paper_grid_flops(settings: dict) -> dict[str, float]:
+    """Matmul FLOPs of training the whole paper grid, per experiment (LIN's inner steps not
+    counted): the device-independent size of the job, for estimates on hardware not at hand."""
+    total = {}
+    for experiment, dataset, setting_id in grid.training_jobs(settings):
+        setting = grid.find_setting(settings, experiment, setting_id, dataset)
+        _, flops = job_flops_per_epoch(settings, experiment, dataset, setting)
+        total[experiment] = total.get(experiment, 0.0) + flops * grid.experiment_epochs(settings, experiment)
+    return total
 
 
 # --- CPU comparison with a plain loop (the bench's original lines) -----------------------------
@@ -483,6 +499,9 @@ def main(argv=None) -> None:
     print(f"LIN while aggressive: {factor:.1f}x a VAE epoch (assumed aggressive throughout: an upper bound)")
     hours = paper_grid_hours(eval_settings, rates, eval_s, factor)
     total = sum(hours.values())
+    flops = paper_grid_flops(eval_settings)
+    print("paper grid, matmul FLOPs of training: " + ", ".join(f"{k} {v / 1e15:.2f} PFLOP" for k, v in flops.items())
+          + f"; total {sum(flops.values()) / 1e15:.1f} PFLOP (LIN's inner steps not counted)")
     print("paper grid, one job after another: " + ", ".join(f"{k} {v:.2f} h" for k, v in hours.items())
           + f"; total {total:.2f} h (estimate from the rates above; gt encoders and surrogates not included)")
     summary.update({
@@ -493,6 +512,7 @@ def main(argv=None) -> None:
         "matmul_gflops": round(peak / 1e9, 1),
         "sm_utilisation": utilisation.mean,
         "paper_grid_hours": round(total, 2),
+        "paper_grid_pflop": round(sum(flops.values()) / 1e15, 2),
     })
     print(json.dumps(summary))
 

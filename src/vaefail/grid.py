@@ -98,13 +98,16 @@ def _method_settings(cfg: dict, experiment: str, **fixed) -> list[Setting]:
 
 def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) -> list[Setting]:
     """The jobs' settings; for `uci` they depend on the data set (its latent dimensions).
-    The Semi-Circles train each variant of M2's unlabelled z-posterior in ss_unlabelled_posteriors;
-    the UCI data sets the first one."""
+    The Semi-Circles train each variant of M2's unlabelled z-posterior in ss_unlabelled_posteriors
+    (the variants after the first for the methods in ss_variant_methods); the UCI data sets the
+    first one."""
     if experiment == "unsupervised":
         return _method_settings(cfg, experiment)
     if experiment == "semisupervised":
-        return [s for variant in cfg["ss_unlabelled_posteriors"]
-                for s in _method_settings(cfg, experiment, unlabelled_posterior=variant)]
+        first, *others = cfg["ss_unlabelled_posteriors"]
+        return [*_method_settings(cfg, experiment, unlabelled_posterior=first),
+                *(s for variant in others for s in _method_settings(cfg, experiment, unlabelled_posterior=variant)
+                  if s.method in cfg["ss_variant_methods"])]
     if experiment == "noise":
         return [Setting(experiment, "vae")]
     if experiment == "latent":

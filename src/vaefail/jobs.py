@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import appendix_f, grid
+from . import grid
 from .datasets import EMBEDDING, example, sample_split
 from .evaluate import evaluate_members, mean_bound
 from .files import load_npz, load_weights, save_npz, save_torch, write_json
@@ -108,13 +108,15 @@ def dataset_example(settings: dict, dataset: str):
     """The example a data set is drawn from; appendix F's linear-Gaussian truth takes its
     parameters from the settings."""
     if dataset == grid.LINEAR_GAUSSIAN:
-        return appendix_f.truth(settings)
+        from .appendix_f import truth   # imported here: it loads pandas and scipy, which a training job does not need
+        return truth(settings)
     return example(dataset)
 
 
 def make_dataset(settings: dict, dataset: str, surrogate_pt: str | None, out_paths: list[str]) -> None:
     if dataset == grid.LINEAR_GAUSSIAN:   # no surrogate: drawn from the linear model itself
-        return appendix_f.make_dataset(settings, out_paths)
+        from .appendix_f import make_dataset as make_linear_gaussian_dataset
+        return make_linear_gaussian_dataset(settings, out_paths)
     ex = example(dataset)
     if hasattr(ex, "label_kind"):   # a semi-supervised example
         from .semisupervised import make_ss_dataset
