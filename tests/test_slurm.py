@@ -24,7 +24,7 @@ from vaefail.config import ROOT
 
 PARTITION = "local"  # the partition of tests/slurm/slurm.conf.in
 PROFILES = ["--profile", "workflow/profiles/slurm", "--profile", "tests/slurm/profile"]
-TRAINING_RULES = {"unsupervised": "train", "noise": "train", "latent": "train",
+TRAINING_RULES = {"unsupervised": "train", "noise": "train", "latent": "train", "disentangle": "train",
                   "semisupervised": "train_semisupervised", "uci": "train_uci"}
 # the rules that declare `gpu: 1` when run with --config device=cuda
 GPU_RULES = ("train", "train_semisupervised", "train_uci", "gt_encoders")
