@@ -1,0 +1,31 @@
+"""The README's parameter table says what config.yaml and the schema say."""
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parameter_table() -> dict[str, tuple[str, str, str]]:
+    """setting -> (description, paper cell, default cell) from the README's table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2], cells[3])
+    return rows
+
+
+def test_every_setting_is_in_the_readme_table_with_the_presets_values():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    presets = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]
+    rows = parameter_table()
+    assert list(rows) == list(schema["definitions"]["settings"]["properties"])
+    for key, (description, paper, default) in rows.items():
+        assert description, key
+        assert yaml.safe_load(paper.strip("`")) == presets["paper"][key], key
+        expected_default = presets["paper"][key] if default == "=" else yaml.safe_load(default.strip("`"))
+        assert presets["default"][key] == expected_default, key
