@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from vaefail import config, grid
+from vaefail import config, files, grid
 from vaefail.config import ROOT, ConfigError
 
 
@@ -66,9 +66,9 @@ def test_bad_values_fail_with_a_message_naming_key_value_and_what_is_allowed(raw
 def test_an_output_folder_never_mixes_two_settings(raw, tmp_path):
     s = config.resolve(raw)
     (tmp_path / "settings.json").write_text(json.dumps({"settings": s}))
-    config.check_output_dir(s, tmp_path)   # same settings: fine
+    files.check_output_dir(s, tmp_path)   # same settings: fine
     with pytest.raises(ConfigError) as err:
-        config.check_output_dir({**s, "epochs": 3}, tmp_path)
+        files.check_output_dir({**s, "epochs": 3}, tmp_path)
     assert "epochs: 100 -> 3" in str(err.value) and "outdir" in str(err.value)
 
 

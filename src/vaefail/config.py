@@ -180,23 +180,3 @@ def resolve_device(device: str) -> str:
     import glob
     import shutil
     return "cuda" if glob.glob("/dev/nvidia[0-9]*") or shutil.which("nvidia-smi") else "cpu"
-
-
-def check_output_dir(settings: dict, outdir: str | Path) -> None:
-    """Refuse to mix results of different settings in one folder.
-
-    The first run records its settings in <outdir>/settings.json; a later run whose
-    settings differ would overwrite those results, so it stops and names what changed.
-    """
-    from .files import load_settings   # files imports this module
-    record = Path(outdir) / "settings.json"
-    if not record.exists():
-        return
-    previous = load_settings(record)
-    if previous == settings:
-        return
-    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-    details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
-    raise ConfigError(f"{outdir} holds results of different settings ({details}). To keep them, "
-                      f"send this run elsewhere with --config outdir=<new folder>; to replace them, "
-                      f"delete {outdir} first.")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import settings_hash
+from .config import ConfigError, settings_hash
 from .grid import EXPERIMENTS, UCI_DATASETS
 
 
@@ -110,6 +110,25 @@ def load_settings(path: str | Path) -> dict:
 
 def write_settings(settings: dict, path: str | Path, scale: str) -> None:
     write_json(path, {"settings": settings, "settings_hash": settings_hash(settings), "scale": scale})
+
+
+def check_output_dir(settings: dict, outdir: str | Path) -> None:
+    """Refuse to mix results of different settings in one folder.
+
+    The first run records its settings in <outdir>/settings.json; a later run whose
+    settings differ would overwrite those results, so it stops and names what changed.
+    """
+    record = Path(outdir) / "settings.json"
+    if not record.exists():
+        return
+    previous = load_settings(record)
+    if previous == settings:
+        return
+    changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+    details = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+    raise ConfigError(f"{outdir} holds results of different settings ({details}). To keep them, "
+                      f"send this run elsewhere with --config outdir=<new folder>; to replace them, "
+                      f"delete {outdir} first.")
 
 
 # --- reading ------------------------------------------------------------------------------

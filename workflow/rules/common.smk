@@ -52,7 +52,7 @@ configfile: "config.yaml"
 try:
     SETTINGS = vconfig.resolve(config)
     OUT = vconfig.output_dir(config)
-    vconfig.check_output_dir(SETTINGS, OUT)
+    files.check_output_dir(SETTINGS, OUT)
 except (vconfig.ConfigError, files.ResultReadError) as error:
     raise WorkflowError(str(error))
 
