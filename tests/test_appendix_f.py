@@ -7,10 +7,11 @@ import pytest
 import torch
 import yaml
 
-from vaefail import appendix_f, config, grid, jobs
+from vaefail import appendix_f, config, grid
 from vaefail import disentanglement as F
 from vaefail.claims import Claims, disentanglement_claims
 from vaefail.config import ROOT
+from vaefail.ensembles import member_state
 from vaefail.files import save_torch
 
 
@@ -37,7 +38,7 @@ def write_results(settings, outdir, kept_models: dict[str, str]) -> pd.DataFrame
                 name = kept_models[setting.id] if kept else opposite[kept_models[setting.id]]
                 ensemble = F.linear_gaussian_ensemble(models[name], truth.b, truth.noise_variance)
                 stem = grid.run_stem("disentangle", grid.LINEAR_GAUSSIAN, setting.id, v, r)
-                save_torch(outdir / f"{stem}.pt", jobs.member_state(ensemble, 0))
+                save_torch(outdir / f"{stem}.pt", member_state(ensemble, 0))
                 rows.append({"setting": setting.id, "version": v, "restart": r, "status": "ok",
                              "kept_restart": kept, "log_px_test": -3.0 - i - 0.1 * v,
                              "elbo_test": -3.5 - i - 0.2 * v, "objective_test": -3.2 - i + 0.1 * r - 0.3 * v})

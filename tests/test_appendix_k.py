@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from vaefail import appendix_k as AK
-from vaefail import grid, jobs
+from vaefail import grid
 from vaefail import projection as PJ
+from vaefail.data_files import make_dataset
 from vaefail.datasets import EMBEDDING, clusters, example, figure_eight
+from vaefail.ensembles import build_ensemble, member_state
 from vaefail.files import save_torch
 from vaefail.randomness import MemberStreams
+from vaefail.surrogate import make_surrogate
 
 SETTINGS = {
     "seed": 11, "hidden_layers": [16, 16], "versions": 2, "restarts_random": 1, "restarts_gt": 1,
@@ -39,23 +42,23 @@ def one_thread():
 
 def save_member(path: Path, dataset: str, latent_dim: int, sigma2: float, seed: int, sigma2_mode="learned") -> None:
     ex = example(dataset)
-    model = jobs.build_ensemble(SETTINGS, ex, latent_dim, sigma2_mode, MemberStreams([seed], torch.device("cpu")),
+    model = build_ensemble(SETTINGS, ex, latent_dim, sigma2_mode, MemberStreams([seed], torch.device("cpu")),
                                 ["random"], None, None, [0], torch.device("cpu"))
     model.set_sigma2(torch.tensor(sigma2))
-    save_torch(path, jobs.member_state(model, 0))
+    save_torch(path, member_state(model, 0))
 
 
 def build_outdir(root: Path) -> Path:
     torch.set_num_threads(1)
     for base in ("figure-8", "clusters", "spiral-dots"):
-        jobs.make_surrogate(SETTINGS, base, str(root / grid.surrogate_path(base)))
+        make_surrogate(SETTINGS, base, str(root / grid.surrogate_path(base)))
     selected = {"latent": [], "noise": [], "unsupervised": []}
     for dataset in ("figure-8-5d", "clusters-5d", "spiral-dots"):
         ex = example(dataset)
         paths = [str(root / grid.data_path(dataset, v)) for v in range(SETTINGS["versions"])]
-        jobs.make_dataset(SETTINGS, dataset, str(root / grid.surrogate_path(ex.base)), paths)
+        make_dataset(SETTINGS, dataset, str(root / grid.surrogate_path(ex.base)), paths)
         for v in range(SETTINGS["versions"]):   # phi_GT: a random encoder of the right shape
-            model = jobs.build_ensemble(SETTINGS, ex, 1, "fixed", MemberStreams([v], torch.device("cpu")),
+            model = build_ensemble(SETTINGS, ex, 1, "fixed", MemberStreams([v], torch.device("cpu")),
                                         ["random"], None, None, [0], torch.device("cpu"))
             encoder = {name: view[0].clone() for name, view in model.encoder.views.items()}
             save_torch(root / grid.gt_encoder_path(dataset, v), {"encoder": encoder})

@@ -6,9 +6,10 @@ import torch
 
 from vaefail import m2
 from vaefail.m2 import Labels, M2Ensemble
+from vaefail.m2_task import M2Task
 from vaefail.nets import random_init
 from vaefail.randomness import MemberStreams
-from vaefail.train import M2Task, TrainSettings, LinSettings, train_ensemble
+from vaefail.train import LinSettings, TrainSettings, train_ensemble
 
 torch.set_default_dtype(torch.float64)
 

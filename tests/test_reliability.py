@@ -20,9 +20,11 @@ import pytest
 import torch
 import yaml
 
-from vaefail import config, files, grid, jobs, selection, uci
+from vaefail import config, files, grid, selection, training_job, uci
 from vaefail.config import ROOT
-from vaefail.semisupervised import make_uci_splits, train_ss_job
+from vaefail.data_files import make_dataset, make_uci_splits
+from vaefail.semisupervised import train_ss_job
+from vaefail.surrogate import make_surrogate
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 HAVE_DEV_FULL = os.path.exists("/dev/full")
@@ -49,9 +51,9 @@ def tiny(raw, tmp_path_factory):
     settings = config.resolve({**raw, **TINY})
     files.write_settings(settings, root / "settings.json", "smoke")
     surrogate = root / grid.surrogate_path("clusters")
-    jobs.make_surrogate(settings, "clusters", str(surrogate))
+    make_surrogate(settings, "clusters", str(surrogate))
     data = [str(root / grid.data_path("clusters", v)) for v in range(settings["versions"])]
-    jobs.make_dataset(settings, "clusters", str(surrogate), data)
+    make_dataset(settings, "clusters", str(surrogate), data)
     uci_data = [str(root / grid.data_path("titanic", k)) for k in range(settings["uci_splits"])]
     make_uci_splits(settings, "titanic", uci_data)
     return {"root": root, "settings": settings, "surrogate": str(surrogate), "data": data, "uci_data": uci_data}
@@ -63,7 +65,7 @@ def _stems(tiny, folder, experiment="unsupervised", dataset="clusters", setting=
 
 def _train(tiny, folder):
     stems = _stems(tiny, folder)
-    jobs.train_job(tiny["settings"], "unsupervised", "clusters", "vae", tiny["surrogate"], tiny["data"], [], stems)
+    training_job.train_job(tiny["settings"], "unsupervised", "clusters", "vae", tiny["surrogate"], tiny["data"], [], stems)
     return stems
 
 
@@ -122,7 +124,7 @@ def test_a_rerun_of_a_semisupervised_job_is_bit_identical(tiny):
 # --- 4. a diverging member -----------------------------------------------------------------
 def _poison(monkeypatch, members):
     """Build ensembles as usual, then put a NaN into these members' decoder weights."""
-    build = jobs.build_ensemble
+    build = training_job.build_ensemble
 
     def poisoned(*args, **kwargs):
         model = build(*args, **kwargs)
@@ -131,7 +133,7 @@ def _poison(monkeypatch, members):
                 model.decoder.flat[m, 0] = float("nan")
         return model
 
-    monkeypatch.setattr(jobs, "build_ensemble", poisoned)
+    monkeypatch.setattr(training_job, "build_ensemble", poisoned)
 
 
 def test_a_diverging_member_is_recorded_as_failed_and_left_out_of_selection(tiny, monkeypatch, caplog):

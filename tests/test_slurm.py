@@ -102,7 +102,7 @@ def runs(tmp_path_factory, slurm_cluster):
     retried = tmp_path_factory.mktemp("slurm-retry")
     logs = tmp_path_factory.mktemp("slurm-snakemake-logs")
     # The training rules (and gt_encoders) ask for a GPU as with `device=cuda`, but train on
-    # the CPU: `device=cuda` itself makes the jobs stop (vaefail.jobs.torch_device) when
+    # the CPU: `device=cuda` itself makes the jobs stop (vaefail.runtime.torch_device) when
     # torch sees no GPU, as on this cluster's pretend ones.
     started = {
         "smoke": Run(logs / "smoke.log", "--config", "scale=smoke", f"outdir={smoke}", "device=cpu",

@@ -180,3 +180,13 @@ def test_in_float32_a_member_is_bit_identical_at_any_position_and_beside_a_faili
         train_vae(other, train_x, valid_x, torch.tensor([0, version]), other_streams, settings, progress_every=1e9)
         assert torch.equal(batch.decoder.flat[m], other.decoder.flat[1]), m
         assert torch.equal(batch.encoder.flat[m], other.encoder.flat[1]), m
+
+
+def test_the_vae_and_m2_tasks_have_every_method_of_the_task_interface():
+    from vaefail.m2_task import M2Task
+    from vaefail.train import TrainingTask, VAETask
+
+    methods = {name for name, value in vars(TrainingTask).items() if callable(value) and not name.startswith("_")}
+    assert methods >= {"start_epoch", "select_batch", "loss", "inner_loss", "draw_inner_batch", "mutual_information"}
+    for task in (VAETask, M2Task):
+        assert all(callable(getattr(task, name, None)) for name in methods), task

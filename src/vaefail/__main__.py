@@ -225,24 +225,26 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
         write_settings(json.loads(args.settings_json), args.out, args.scale)
         return
     settings = load_settings(args.settings)
-    if args.command in ("surrogate", "dataset", "gt-encoders", "train"):
-        from . import jobs
     if args.command == "surrogate":
-        jobs.make_surrogate(settings, args.base, args.out)
+        from .surrogate import make_surrogate
+        make_surrogate(settings, args.base, args.out)
     elif args.command == "dataset":
-        jobs.make_dataset(settings, args.dataset, args.surrogate, args.out)
+        from .data_files import make_dataset
+        make_dataset(settings, args.dataset, args.surrogate, args.out)
     elif args.command == "gt-encoders":
-        jobs.fit_gt_encoders(settings, args.dataset, args.surrogate, args.data, args.out, args.device)
+        from .gt_encoders import fit_gt_encoders
+        fit_gt_encoders(settings, args.dataset, args.surrogate, args.data, args.out, args.device)
     elif args.command == "train":
-        jobs.train_job(settings, args.experiment, args.dataset, args.setting, args.surrogate,
-                       args.data, args.gt_encoders, args.out_stems, args.device)
+        from .training_job import train_job
+        train_job(settings, args.experiment, args.dataset, args.setting, args.surrogate,
+                  args.data, args.gt_encoders, args.out_stems, args.device)
     elif args.command == "train-ss":
         from .semisupervised import train_ss_job
         train_ss_job(settings, args.experiment, args.dataset, args.setting, args.surrogate, args.data,
                      args.out_stems, args.device)
     elif args.command == "uci-splits":
         from . import uci
-        from .semisupervised import make_uci_splits
+        from .data_files import make_uci_splits
         # make_uci_splits reads its file from uci.DEFAULT_DATA_DIR: point that at the folder of
         # the file the rule declares, not at the data/uci next to whichever vaefail is imported
         uci.DEFAULT_DATA_DIR = _uci_data_dir(args.dataset, args.uci_file)
@@ -266,9 +268,6 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "claims":
         from .claims import write_claims
         write_claims(settings, args.tables, args.out)
-    elif args.command == "figure" and args.figure in ("figure2", "ss-panels"):
-        from .figures_ss import draw_ss_figure
-        draw_ss_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)
     elif args.command == "figure":
         from .figures import draw_figure
         draw_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)

@@ -38,6 +38,7 @@ from .disentanglement import (
     log_marginal_likelihood,
     optimal_mean_field_elbo,
 )
+from .ensembles import load_member
 from .files import load_npz, read_csv, save_npz, write_bytes
 from .randomness import derive_seed
 from .tables import COLUMNS, METHOD_TITLES, _cell, to_latex
@@ -100,7 +101,6 @@ def closed_form_values(t: LinearGaussianTruth, x: np.ndarray, z: np.ndarray, k: 
 
 def trained_values(settings: dict, kept: pd.DataFrame, outdir: Path, test: dict[int, tuple]) -> dict[str, list[dict]]:
     """Part (b): {row: one {column: value} per version's kept restart}.  test[v] = (x, z)."""
-    from .jobs import load_member   # jobs imports this module
     out: dict[str, list[dict]] = {}
     for setting in grid.experiment_settings(settings, "disentangle"):
         row = method_row(setting.method, setting.samples)

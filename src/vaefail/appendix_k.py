@@ -17,7 +17,7 @@ and the ground truth f_GT (the surrogate decoder that generated the data) with t
                            |x - f_GT(z)|) (projection.nearest_point_encoder), the sigma^2 -> 0
                            limit of the former and Figure 5a's black arrow;
   "truth (phi_GT)"         the amortised encoder phi_GT the workflow fits to the true decoder
-                           (jobs.fit_gt_encoders; only where restarts_gt > 0).
+                           (gt_encoders.fit_gt_encoders; only where restarts_gt > 0).
 
 f_GT(E[z | x]) is not a good denoiser where the true posterior is multimodal: it averages z
 over the modes and lands between them (Figure-8 near its crossing; Clusters, whose first and
@@ -93,13 +93,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from . import figures as FIG  # noqa: E402
-from . import grid, jobs  # noqa: E402
+from . import grid  # noqa: E402
+from .ensembles import load_member  # noqa: E402
+from .figures import common as FIG  # noqa: E402
 from . import projection as PJ  # noqa: E402
 from .datasets import EMBEDDING, example  # noqa: E402
 from .files import load_npz, load_weights, write_bytes  # noqa: E402
 from .model import VAEEnsemble  # noqa: E402
 from .randomness import derive_seed  # noqa: E402
+from .surrogate import GroundTruthDecoder  # noqa: E402
 
 log = logging.getLogger("vaefail.appendix_k")
 
@@ -254,14 +256,14 @@ class Candidate:
 @dataclass
 class TruthData:
     dataset: str
-    decoder: jobs.GroundTruthDecoder
+    decoder: GroundTruthDecoder
     sigma2: float
     plane: Plane
 
 
 def truth_of(outdir, dataset: str) -> TruthData:
     ex = example(dataset)
-    decoder = jobs.GroundTruthDecoder(Path(outdir) / grid.surrogate_path(ex.base), ex.embedded)
+    decoder = GroundTruthDecoder(Path(outdir) / grid.surrogate_path(ex.base), ex.embedded)
     return TruthData(dataset, decoder, ex.noise_variance, plane_of(dataset))
 
 
@@ -280,7 +282,7 @@ def nearest_point_projector(truth: TruthData) -> Callable:
 
 
 def phi_gt_projector(settings: dict, outdir, truth: TruthData, version: int) -> Callable:
-    """M(x) = f_GT(mu_phiGT(x)): the true decoder with the encoder fitted to it (jobs.fit_gt_encoders)."""
+    """M(x) = f_GT(mu_phiGT(x)): the true decoder with the encoder fitted to it (gt_encoders.fit_gt_encoders)."""
     ex = example(truth.dataset)
     model = VAEEnsemble(ex.data_dim, 1, settings["hidden_layers"], 1, "fixed", dtype=DTYPE)
     encoder = load_weights(Path(outdir) / grid.gt_encoder_path(truth.dataset, version))["encoder"]
@@ -311,12 +313,12 @@ def selected_candidate(outdir, table: pd.DataFrame, experiment: str, dataset: st
     row = sel.row
     cand = Candidate(dataset, label, experiment, method, str(row["setting"]), latent_dim, mode, version,
                      restart=int(row["restart"]), init=str(row.get("init", "")))
-    stem = grid.run_stem(experiment, dataset, row["setting"], version, int(row["restart"]))
+    stem = FIG.selected_stem(experiment, row, version)
     path = Path(outdir) / f"{stem}.pt"
     if not path.exists():
         cand.note = f"weights missing: {stem}.pt"
         return cand
-    model = jobs.load_member(path)
+    model = load_member(path)
     with torch.no_grad():
         cand.sigma2 = model.log_sigma2[0].reshape(-1).exp().numpy()
     cand.project = PJ.model_projector(model)

@@ -40,7 +40,8 @@ from .model import VAEEnsemble
 from .nets import random_init
 from .randomness import MemberStreams
 from .runtime import configure_cpu, configure_device
-from .train import LinSettings, M2Task, TrainSettings, train_ensemble, train_vae
+from .m2_task import M2Task
+from .train import LinSettings, TrainSettings, VAETask, train_ensemble, train_vae
 
 HIDDEN = [50, 50, 50]
 UCI_HIDDEN = [100, 100, 100]
@@ -159,7 +160,6 @@ def paper_shapes() -> dict[str, Shape]:
             x = _toy_data(5000, 2).unsqueeze(0).to(device)
             task_settings = TrainSettings(objective="iwae" if samples > 1 else "elbo", samples=samples,
                                           batch_size=BATCH)
-            from .train import VAETask
             task = VAETask(task_settings.objective, samples, x, x[:, :2000], torch.zeros(members, dtype=torch.long),
                            BATCH, 1)
             return model, task, streams, task_settings

@@ -12,6 +12,7 @@ import torch
 from .batched_metrics import ksg_mutual_information, smooth_knn_statistics
 from .model import OBJECTIVES, VAEEnsemble, log_importance_weights, sigma2_closed_form
 from .randomness import MemberStreams
+from .sampling import StreamNoise, vae_samples
 
 # Rows (members x points x samples) per batched forward pass.  On the CPU, activations of
 # ~32k rows stay in the cache: 6x faster per member than 600k-row passes (measured here, M=12,
@@ -81,20 +82,18 @@ def closed_form_sigma2(model: VAEEnsemble, x: torch.Tensor, streams: MemberStrea
 
 
 @torch.no_grad()
-def model_samples(model: VAEEnsemble, n: int, streams: MemberStreams, purpose: str) -> torch.Tensor:
-    """n ancestral samples x ~ p_theta(x) per member, (M, n, D)."""
-    dtype = model.encoder.flat.dtype
-    eps_z = streams.normal(purpose + "/z", (), (n, model.K), dtype)
-    eps_x = streams.normal(purpose + "/x", (), (n, model.D), dtype)
-    return model.sample_x(eps_z, eps_x)
-
-
-@torch.no_grad()
 def latent_codes(model: VAEEnsemble, x: torch.Tensor, streams: MemberStreams) -> torch.Tensor:
     """One draw z ~ q(z | x) per point, (M, N, K)."""
     mu, log_var = model.encode(x)
     eps = streams.normal("latent-codes", (), mu.shape[1:], mu.dtype)
     return mu + (0.5 * log_var).exp() * eps
+
+
+def bound_draws(objective: str, samples: int, repeats: int) -> tuple[int, int]:
+    """(samples per point, independent draws) with which a training objective is evaluated:
+    the IWAE bound with the method's own S (its value depends on S), averaged over `repeats`
+    draws; the ELBO with `repeats` samples in one draw (the same expectation)."""
+    return (samples, repeats) if objective == "iwae" else (repeats, 1)
 
 
 def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams: MemberStreams, *,
@@ -107,8 +106,7 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
     (ground-truth samples); mi_test: KSG I(x; z_k) for each latent dimension on test data.
     """
     repeats = settings["eval_samples"]
-    obj_samples = samples if objective == "iwae" else repeats
-    obj_repeats = repeats if objective == "iwae" else 1
+    obj_samples, obj_repeats = bound_draws(objective, samples, repeats)
     metrics = {
         "objective_valid": mean_bound(model, data["valid"], streams, "objective-valid", objective,
                                       obj_samples, obj_repeats),
@@ -118,10 +116,9 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
         "log_px_test": log_marginal_likelihood(model, data["test"], streams, settings["eval_logpx_samples"]),
         "sigma2_closed_form": closed_form_sigma2(model, data["train"], streams, repeats),
     }
-    metrics["knn_valid"] = knn_statistics(model_samples(model, data["valid"].shape[1], streams, "samples-valid"),
-                                          data["valid"], settings)
-    metrics["knn_test"] = knn_statistics(model_samples(model, data["test"].shape[1], streams, "samples-test"),
-                                         data["test"], settings)
+    for split in ("valid", "test"):
+        samples_x = vae_samples(model, data[split].shape[1], StreamNoise(streams, f"samples-{split}"))
+        metrics[f"knn_{split}"] = knn_statistics(samples_x, data[split], settings)
     codes = latent_codes(model, data["test"], streams)
     metrics["mi_test"] = torch.stack([ksg_mutual_information(data["test"].double(), codes[..., k].double(),
                                                              settings["mi_neighbours"])

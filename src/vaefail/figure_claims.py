@@ -27,10 +27,11 @@ import torch
 from . import grid
 from . import posteriors as P
 from .datasets import example
-from .figures import GRID_1D, read_selected, selected_row
+from .ensembles import load_member
+from .figures.common import GRID_1D, read_selected, selected_row, selected_stem
 from .files import load_npz, read_json, write_bytes
-from .jobs import GroundTruthDecoder, load_member
-from .semisupervised import encode_labels, load_m2_member
+from .m2 import Labels, encode_labels
+from .surrogate import GroundTruthDecoder
 from .tables import COLUMNS, _cell, row_title, to_latex
 
 TRUTH = "truth"
@@ -51,17 +52,12 @@ def label_separation(decoder_of_inputs, label_kind: str, classes: int, cohort_va
     curves = {}
     for value in cohort_values:
         y = np.full(len(z_grid), int(value) if label_kind == "discrete" else value)
-        labels = encode_labels(_labels(label_kind, classes), y)
+        labels = encode_labels(Labels(label_kind, classes), y)
         with torch.no_grad():
             curves[value] = torch.as_tensor(decoder_of_inputs(torch.cat([labels, z_grid.unsqueeze(-1)], -1)),
                                             dtype=torch.float64)
     pairs = list(itertools.combinations(cohort_values, 2))
     return float(np.mean([float((weights * (curves[a] - curves[b]).norm(dim=-1)).sum()) for a, b in pairs]))
-
-
-def _labels(kind: str, classes: int):
-    from .m2 import Labels
-    return Labels(kind, classes)
 
 
 def theorem1_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
@@ -84,9 +80,7 @@ def theorem1_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
                 chosen = selected_row(selected, "unsupervised", dataset, method, version)
                 share = math.nan
                 if chosen.row is not None:
-                    stem = grid.run_stem("unsupervised", dataset, chosen.row["setting"], version,
-                                         int(chosen.row["restart"]))
-                    model = load_member(outdir / f"{stem}.pt")
+                    model = load_member(outdir / f"{selected_stem('unsupervised', chosen.row, version)}.pt")
                     share = off_mode_share(P.model_log_likelihood(model), x, z_grid, threshold)
                 rows.append({"dataset": dataset, "model": method, "version": version, "share": share})
     return pd.DataFrame(rows)
@@ -112,10 +106,7 @@ def separation_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
                                           unlabelled_posterior=variant)
                     value = math.nan
                     if chosen.row is not None:
-                        row = chosen.row
-                        stem = grid.run_stem("semisupervised", dataset, row["setting"], version,
-                                             int(row["restart"]), float(row["alpha"]), float(row["gamma"]))
-                        model = load_m2_member(outdir / f"{stem}.pt")
+                        model = load_member(outdir / f"{selected_stem('semisupervised', chosen.row, version)}.pt")
                         value = label_separation(P.m2_decoder(model), ex.label_kind, ex.classes, ex.cohorts, z_grid)
                     rows.append({"dataset": dataset, "unlabelled_posterior": variant, "model": method,
                                  "version": version, "separation": value})
@@ -132,10 +123,8 @@ def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "di
     ex = example(dataset)
     z_grid = P.uniform_grid(*GRID_1D)
     selected = read_selected(outdir, "semisupervised")
-    chosen = set()
-    for _, row in selected[selected["dataset"] == dataset].iterrows():
-        chosen.add(grid.run_stem("semisupervised", dataset, row["setting"], int(row["version"]), int(row["restart"]),
-                                 float(row["alpha"]), float(row["gamma"])))
+    chosen = {selected_stem("semisupervised", row, int(row["version"]))
+              for _, row in selected[selected["dataset"] == dataset].iterrows()}
     rows = []
     for setting in grid.experiment_settings(settings, "semisupervised", dataset):
         for member in grid.job_members(settings, "semisupervised"):
@@ -143,7 +132,7 @@ def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "di
             record = read_json(outdir / f"{stem}.json")
             value = math.nan
             if record["status"] == "ok":
-                model = load_m2_member(outdir / f"{stem}.pt")
+                model = load_member(outdir / f"{stem}.pt")
                 value = label_separation(P.m2_decoder(model), ex.label_kind, ex.classes, ex.cohorts, z_grid)
             rows.append({"dataset": dataset, "unlabelled_posterior": setting.unlabelled_posterior,
                          "method": setting.method, "setting": setting.id, "alpha": member.alpha,

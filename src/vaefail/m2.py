@@ -54,6 +54,15 @@ class Labels:
         return self.classes if self.kind == "discrete" else 1
 
 
+def encode_labels(labels: Labels, y) -> torch.Tensor:
+    """Labels y (..., any integer or float array) as the networks take them, float64: one-hot
+    (..., C) for discrete y, the value (..., 1) for continuous y."""
+    y = torch.as_tensor(y)
+    if labels.kind == "discrete":
+        return torch.nn.functional.one_hot(y.long(), labels.classes).to(torch.float64)
+    return y.to(torch.float64).unsqueeze(-1)
+
+
 UNLABELLED_POSTERIORS = ("x", "xy")   # q(z | x) as the paper writes U; q(z | x, y) as Kingma et al.
 
 

@@ -376,7 +376,7 @@ def kl_optimal_gaussians(decoder: Decoder, noise_variance: float, x, z_grid=None
 
 # --- semi-supervised (M2) posteriors: a label y beside the latent z ------------------------
 # A *decoder of inputs* maps [encoded y, z] (..., Y + K) -> (..., D): the ground-truth surrogate
-# (jobs.GroundTruthDecoder) and a learned M2 model (`m2_decoder`) both have this form.  Discrete
+# (surrogate.GroundTruthDecoder) and a learned M2 model (`m2_decoder`) both have this form.  Discrete
 # y is encoded one-hot (Y = classes) with a prior p(y) (uniform by default); continuous y is the
 # value itself (Y = 1) with prior N(0, 1), so (y, z) is a 2-D latent with prior N(0, I_2).
 def m2_decoder(model, member: int = 0) -> Decoder:

@@ -1,4 +1,5 @@
-"""Process-wide settings that make small-tensor training fast on CPUs."""
+"""Process-wide settings: what makes small-tensor training fast on CPUs, and the device
+a job trains on."""
 from __future__ import annotations
 
 import ctypes
@@ -43,3 +44,14 @@ def configure_device(device: str, matmul_precision: str = "highest") -> None:
         raise ValueError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}; "
                          f"got {matmul_precision!r}")
     torch.set_float32_matmul_precision(matmul_precision)
+
+
+def torch_device(device: str, settings: dict | None = None) -> torch.device:
+    """A job's torch device ('cpu' or 'cuda'), with the run's float32 matmul precision set for it."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no GPU "
+                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+                           "install a CUDA build of torch or run with --config device=cpu")
+    if settings is not None:
+        configure_device(device, settings["matmul_precision"])
+    return torch.device("cuda" if device == "cuda" else "cpu")

@@ -6,16 +6,24 @@ phases: Adam on fresh minibatches of z ~ N(0, 1) (float32, cosine-decayed learni
 rate), then L-BFGS in float64 on a fine grid of decoder inputs weighted by their density (a
 deterministic quadrature of the same MSE; see Example.quadrature), which polishes the steep steps of the
 Clusters and Spiral-Dots decoders that minibatch noise leaves blurred.
+
+The fitted surrogate is saved by the surrogate job (make_surrogate) and read back as a
+function by GroundTruthDecoder.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+from pathlib import Path
 
 import torch
 
+from .datasets import EMBEDDING, example
+from .files import load_weights, save_torch, write_json
 from .nets import FlatParameters, MaskedAdam, StackedMLP, uniform_init
+from .provenance import provenance
+from .randomness import derive_seed
 
 log = logging.getLogger("vaefail.surrogate")
 
@@ -98,3 +106,44 @@ def fit_surrogate(ex, hidden: list[int], seed: int, adam_steps: int, batch_size:
     log.info("%s: surrogate MSE %.2e (after Adam %.2e), target %.0e, %.0f s", ex.base, mse, adam_mse,
              target_mse, record["seconds"])
     return net, params, record
+
+
+def make_surrogate(settings: dict, base: str, out_pt: str) -> None:
+    """The surrogate job: fit the ground-truth decoder of one example, save its weights and
+    its fit record."""
+    ex = example(base)
+    net, params, record = fit_surrogate(
+        ex, settings["hidden_layers"], derive_seed(settings["seed"], "surrogate", base),
+        settings["surrogate_adam_steps"], 1024, 3e-3, settings["surrogate_lbfgs_iterations"],
+        settings["surrogate_grid_points"], settings["surrogate_target_mse"])
+    record["provenance"] = provenance(settings, "cpu")
+    save_torch(out_pt, {"sizes": net.sizes, "flat": params.flat[0].clone(), "record": record})
+    write_json(Path(out_pt).with_suffix(".json"), record)
+
+
+class GroundTruthDecoder:
+    """The fitted surrogate as a function of its inputs (..., in) -> x-mean (..., D), embedded
+    if needed; the input is z (unsupervised) or [label, z] (semi-supervised)."""
+
+    def __init__(self, path: str | Path, embedded: bool = False):
+        state = load_weights(path)
+        self.net = StackedMLP(state["sizes"], "dec.")
+        self.params = FlatParameters(self.net.shapes(), 1, dtype=torch.float64)
+        with torch.no_grad():
+            self.params.flat[0].copy_(state["flat"])
+        self.params.set_requires_grad(False)
+        self.embedded = embedded
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        out = self.net(self.params, z.reshape(1, -1, z.shape[-1]).to(torch.float64)).reshape(*lead, 2)
+        return out @ EMBEDDING if self.embedded else out
+
+    def decoder_weights(self) -> dict[str, torch.Tensor]:
+        """Parameters for a VAE decoder of the same architecture (last layer embedded)."""
+        weights = {name: view[0].clone() for name, view in self.params.views.items()}
+        if self.embedded:
+            last = len(self.net.sizes) - 2
+            weights[f"dec.W{last}"] = weights[f"dec.W{last}"] @ EMBEDDING
+            weights[f"dec.b{last}"] = weights[f"dec.b{last}"] @ EMBEDDING
+        return weights

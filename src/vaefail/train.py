@@ -19,14 +19,13 @@ fails to increase.  Afterwards LIN trains like a VAE.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from .model import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
-from . import m2
 from .nets import MaskedAdam
 from .randomness import MemberStreams
 
@@ -85,6 +84,31 @@ class InnerBatches:
         return self._order[:, slot * self.size:(slot + 1) * self.size]
 
 
+class TrainingTask(Protocol):
+    """What train_ensemble needs of a task: the data of every member and its objective.
+    VAETask (below) and m2_task.M2Task are the two."""
+
+    steps_per_epoch: int
+
+    def start_epoch(self, streams: MemberStreams, epoch: int) -> None:
+        """Each member's order of the data and the epoch's noise."""
+
+    def select_batch(self, streams: MemberStreams, step: int) -> None:
+        """The step's minibatch of each member (also the first of LIN's inner batches)."""
+
+    def loss(self, model, step: int) -> torch.Tensor:
+        """The step's loss of each member, (M,): minus the training objective per point."""
+
+    def inner_loss(self, model, streams: MemberStreams, index: tuple) -> torch.Tensor:
+        """LIN: the loss of the current inner batch, (M,)."""
+
+    def draw_inner_batch(self, draw: int) -> None:
+        """LIN: move to the next inner batch of random training points."""
+
+    def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
+        """LIN: the encoder's I_q(x; z) on each member's validation data, (M,)."""
+
+
 class VAETask:
     """Unsupervised VAE/IWAE training data and objective, as train_ensemble uses them.
 
@@ -125,22 +149,23 @@ class VAETask:
     def draw_inner_batch(self, draw: int) -> None:
         self.inner_batch = self.train_x[self.rows, self.inner_batches(draw)]
 
-    @torch.no_grad()
     def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
-        """Mean over validation minibatches of He et al.'s I_q(x; z) estimate, (M,)."""
-        member_valid = self.valid_x[self.rows.view(-1)]
-        eps = streams.normal("lin-mi", (self.epoch,), (member_valid.shape[1], self.K), member_valid.dtype)
-        return minibatch_mean(lambda x, e: encoder_mutual_information(model, x, e), member_valid, eps, self.B)
+        return validation_mutual_information(model, self.valid_x, self.rows, streams, self.epoch, self.K, self.B)
 
 
-def minibatch_mean(estimate, x: torch.Tensor, eps: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Mean over minibatches of x (M, N, D) of estimate(x_batch, eps_batch) -> (M,), weighted
-    by batch size (He et al. average their I_q estimate over minibatches this way)."""
+@torch.no_grad()
+def validation_mutual_information(encoder, valid_x: torch.Tensor, rows: torch.Tensor, streams: MemberStreams,
+                                  epoch: int, latent_dim: int, batch_size: int) -> torch.Tensor:
+    """LIN's check: He et al.'s I_q(x; z) estimate of each member's encoder (anything with
+    encode(x) -> mu, log var) on its validation data valid_x[rows] (V, N, D), averaged over
+    minibatches weighted by their size, as He et al. do: (M,)."""
+    x = valid_x[rows.view(-1)]
+    eps = streams.normal("lin-mi", (epoch,), (x.shape[1], latent_dim), x.dtype)
     n = x.shape[1]
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for start in range(0, n, batch_size):
         sl = slice(start, min(start + batch_size, n))
-        total += estimate(x[:, sl], eps[:, sl]).to(torch.float64) * (sl.stop - sl.start)
+        total += encoder_mutual_information(encoder, x[:, sl], eps[:, sl]).to(torch.float64) * (sl.stop - sl.start)
     return total / n
 
 
@@ -152,9 +177,9 @@ def train_vae(model: VAEEnsemble, train_x, valid_x, version_of_member, streams: 
     return train_ensemble(model, task, streams, settings, progress_every)
 
 
-def train_ensemble(model, task, streams: MemberStreams, settings: TrainSettings,
+def train_ensemble(model, task: TrainingTask, streams: MemberStreams, settings: TrainSettings,
                    progress_every: float = 10.0) -> TrainLog:
-    """Train all members of `model` in place on `task` (VAETask, or m2.M2Task).
+    """Train all members of `model` in place on `task` (VAETask, or m2_task.M2Task).
 
     `model.encoder` holds the inference networks, `model.decoder` the generative ones.
     Within an epoch nothing waits for the host (masks and losses stay on the device); the
@@ -220,44 +245,13 @@ def train_ensemble(model, task, streams: MemberStreams, settings: TrainSettings,
                     seconds=time.perf_counter() - start, history=history)
 
 
-def fit_encoder_to_gaussians(model: VAEEnsemble, train_x: torch.Tensor, target_mean: torch.Tensor,
-                             target_log_var: torch.Tensor, version_of_member: torch.Tensor,
-                             streams: MemberStreams, epochs: int, batch_size: int,
-                             learning_rate: float) -> None:
-    """Fit each member's encoder q(z|x) to given Gaussians N(m(x), v(x)) by minimising
-    KL[q(z|x) || N(m(x), v(x))] averaged over points (cosine-decayed learning rate).
-
-    A warm start for the encoder of a ground-truth decoder: where the decoder is flat in z
-    (the dots of Spiral-Dots, the clusters of Clusters) a z on the wrong flat stretch gets
-    no gradient from the ELBO, so ascent from a random encoder stalls far from the optimum.
-    This KL weighs errors by the target's precision, as the ELBO does.
-    train_x: (V, N, D); target_*: (V, N, K) per data version.
-    """
-    M, N, B = model.M, train_x.shape[1], batch_size
-    rows = version_of_member.to(train_x.device).view(M, 1)
-    opt = MaskedAdam(model.encoder, lr=learning_rate)
-    steps, total = 0, epochs * (N // B)
-    for epoch in range(epochs):
-        order = streams.permutation("shuffle", (epoch,), N)
-        for step in range(N // B):
-            opt.lr = learning_rate * 0.5 * (1 + math.cos(math.pi * steps / total))
-            idx = order[:, step * B:(step + 1) * B]
-            mu, log_var = model.encode(train_x[rows, idx])
-            m, lv = target_mean[rows, idx], target_log_var[rows, idx]
-            kl = 0.5 * (lv - log_var + (log_var.exp() + (mu - m) ** 2) / lv.exp() - 1).sum(-1).mean(1)
-            model.encoder.zero_grad()
-            kl.sum().backward()
-            opt.step()
-            steps += 1
-
-
 def _backward(model: VAEEnsemble, total: torch.Tensor) -> None:
     model.encoder.zero_grad()
     model.decoder.zero_grad()
     total.backward()
 
 
-def _lin_inner_loop(model, task, enc_opt, streams: MemberStreams, active, lin: LinSettings,
+def _lin_inner_loop(model, task: TrainingTask, enc_opt, streams: MemberStreams, active, lin: LinSettings,
                     index: tuple) -> torch.Tensor:
     """LIN's aggressive inner loop: inference-network-only steps until the loss stops improving.
 
@@ -287,97 +281,3 @@ def _lin_inner_loop(model, task, enc_opt, streams: MemberStreams, active, lin: L
             previous, running = current, torch.zeros_like(running)
     model.decoder.set_requires_grad(True)
     return steps_taken
-
-
-class M2Task:
-    """Semi-supervised M2 training (objective J, eq. 4) as train_ensemble uses it.
-
-    data (per data version, stacked on a leading V axis): x_unlabelled (V, N_u, D),
-    x_labelled (V, N_l, D), y_labelled (V, N_l, Y) encoded labels, x_valid (V, N_v, D).
-    Each step sees B unlabelled points and B_l = round(B N_l / N_u) labelled ones, each
-    member cycling through its own permutations; alpha, gamma: (M,) per member.
-    """
-
-    def __init__(self, bound: str, samples: int, data: dict, version_of_member: torch.Tensor,
-                 alpha: torch.Tensor, gamma: torch.Tensor, batch_size: int, labels, latent_dim: int):
-        self.bound, self.S, self.K, self.labels = bound, samples, latent_dim, labels
-        self.data = data
-        device = data["x_unlabelled"].device
-        self.rows = version_of_member.to(device).view(-1, 1)
-        self.alpha, self.gamma = alpha.to(device), gamma.to(device)
-        self.N_u, self.N_l = data["x_unlabelled"].shape[1], data["x_labelled"].shape[1]
-        self.B = min(batch_size, self.N_u)
-        self.B_l = max(1, round(self.B * self.N_l / self.N_u))
-        self.labelled_share = self.N_l / self.N_u
-        self.steps_per_epoch = self.N_u // self.B
-
-    def _noise_shapes(self, n_u, n_l, S):
-        return (n_u, S, self.labels.noise_dim), (n_u, S, self.K), (n_l, S, self.K)
-
-    def start_epoch(self, streams: MemberStreams, epoch: int) -> None:
-        """Each member's permutations of its unlabelled and (cycled) labelled points, and the
-        epoch's noise, for all steps at once."""
-        x = self.data["x_unlabelled"]
-        steps = self.steps_per_epoch
-        self.epoch = epoch
-        self.order_u = streams.permutation("shuffle", (epoch,), self.N_u)
-        repeats = -(-steps * self.B_l // self.N_l)
-        self.order_l = torch.cat([streams.permutation("shuffle-labelled", (epoch, r), self.N_l)
-                                  for r in range(repeats)], dim=1)
-        self.noise = [streams.normal(name, (epoch,), (steps, *shape), x.dtype)
-                      for name, shape in zip(self.NOISE, self._noise_shapes(self.B, self.B_l, self.S))]
-
-    NOISE = ("noise-y", "noise-z-unlabelled", "noise-z-labelled")
-
-    def _gather(self, idx_u, idx_l):
-        d = self.data
-        return (d["x_unlabelled"][self.rows, idx_u], d["x_labelled"][self.rows, idx_l],
-                d["y_labelled"][self.rows, idx_l])
-
-    def select_batch(self, streams: MemberStreams, step: int) -> None:
-        B, B_l = self.B, self.B_l
-        self.batch = self.inner_batch = self._gather(self.order_u[:, step * B:(step + 1) * B],
-                                                     self.order_l[:, step * B_l:(step + 1) * B_l])
-        self.inner_batches = (InnerBatches(streams, "lin-batch", (self.epoch, step), self.N_u, B),
-                              InnerBatches(streams, "lin-batch-labelled", (self.epoch, step), self.N_l, B_l))
-
-    def _loss(self, model, batch, bound, noise) -> torch.Tensor:
-        x_u, x_l, y_l = batch
-        eps_y, eps_zu, eps_zl = noise
-        return -m2.objective(model, bound, x_u, eps_y, eps_zu, x_l, y_l, eps_zl,
-                             self.alpha, self.gamma, self.labelled_share)
-
-    def loss(self, model, step: int) -> torch.Tensor:
-        return self._loss(model, self.batch, self.bound, [n[:, step] for n in self.noise])
-
-    def inner_loss(self, model, streams: MemberStreams, index: tuple) -> torch.Tensor:
-        dtype = self.data["x_unlabelled"].dtype
-        noise = [streams.normal("lin-" + name, index, shape, dtype)
-                 for name, shape in zip(self.NOISE, self._noise_shapes(self.B, self.B_l, 1))]
-        return self._loss(model, self.inner_batch, "elbo", noise)   # LIN trains the VAE bounds
-
-    def draw_inner_batch(self, draw: int) -> None:
-        unlabelled, labelled = self.inner_batches
-        self.inner_batch = self._gather(unlabelled(draw), labelled(draw))
-
-    @torch.no_grad()
-    def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
-        """He et al.'s I_q(x; z) on validation data, for the encoder q(z | x, y) given the
-        discriminator's mean label (class probabilities, or the Gaussian's mean)."""
-        member_valid = self.data["x_valid"][self.rows.view(-1)]
-        eps = streams.normal("lin-mi", (self.epoch,), (member_valid.shape[1], self.K), member_valid.dtype)
-        encoder = _EncoderAtMeanLabel(model)
-        return minibatch_mean(lambda x, e: encoder_mutual_information(encoder, x, e), member_valid, eps, self.B)
-
-
-class _EncoderAtMeanLabel:
-    """The unlabelled bound's z-posterior at y-bar(x) as an unsupervised encoder, for the
-    mutual-information check: q(z | x) itself, or q(z | x, y-bar(x)) (Kingma et al.)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def encode(self, x):
-        out = self.model.classify(x)
-        y = torch.softmax(out, -1) if self.model.labels.kind == "discrete" else out[..., :1]
-        return self.model.encode_unlabelled(x, y)

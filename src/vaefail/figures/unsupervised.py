@@ -1,5 +1,5 @@
-"""The paper's figures from saved results: Figure 1, the panels (a)-(e) of Figures 6-14 and
-the latent-dimension posteriors of Figures 21-22.
+"""The unsupervised figures from saved results: Figure 1, the panels (a)-(e) of Figures 6-14
+and the latent-dimension posteriors of Figures 21-22.
 
 Each figure uses the selected model (selected/<experiment>.csv) of data version 0: its
 chosen restart's weights (runs/.../v0/r<j>.pt), the ground-truth surrogate decoder
@@ -12,132 +12,52 @@ missing) is drawn as an empty panel with a note.
 """
 from __future__ import annotations
 
-import os
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
+from .. import grid
+from .. import posteriors as P
+from ..datasets import example
+from ..files import load_npz
+from ..sampling import vae_samples
+from ..surrogate import GroundTruthDecoder
+from .common import (
+    DATA_COLOUR,
+    POINT_COLOURS,
+    SAMPLE_COLOUR,
+    VERSION,
+    Z_CURVE,
+    Z_PLOT,
+    data_limits,
+    dataset_title,
+    empty_panel,
+    figure_noise,
+    fmt_sigma2,
+    grid_1d,
+    load_selected,
+    mark_points,
+    marker_size,
+    method_label,
+    point_label,
+    read_selected,
+    save,
+)
 
-from . import grid, jobs  # noqa: E402
-from .files import load_npz, read_csv  # noqa: E402
-from . import posteriors as P  # noqa: E402
-from .datasets import TITLES, example  # noqa: E402
-from .randomness import derive_seed  # noqa: E402
-
-PNG_DPI = 110
-VERSION = 0                       # the data version whose selected restart is drawn
-Z_CURVE = (-3.0, 3.0)             # z range of the f(z) curves
-Z_PLOT = (-4.0, 4.0)              # z range shown for 1-D posteriors
-GRID_1D = (-5.0, 5.0, 4001)       # 1-D posterior grid (spacing 0.0025)
 SCORE_GRID_1D = (-5.0, 5.0, 1001)  # coarser grid to score multi-modality of every test point
 WINDOW_KD = 4.5                   # K >= 2 grids start on [-WINDOW_KD, WINDOW_KD]^K
 GRID_KD = {2: (161, 161), 3: (61, 61)}   # (coarse, zoomed) points per axis
-POINT_COLOURS = plt.get_cmap("tab10").colors
-DATA_COLOUR, SAMPLE_COLOUR = "#4c72b0", "#dd8452"
-
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
-                     "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
-                     "axes.spines.right": False, "figure.titlesize": 11})
 
 
 # --- loading ----------------------------------------------------------------------------
 @dataclass
-class Selected:
-    """The selected restart of version 0 of one (dataset, method, K): its row and weights, or a note."""
-
-    experiment: str
-    dataset: str
-    method: str
-    row: pd.Series | None
-    model: object | None
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.model is not None
-
-    @property
-    def sigma2(self) -> np.ndarray:
-        return P.model_sigma2(self.model).numpy()
-
-    def describe(self, short: bool = False) -> str:
-        if self.row is None:
-            return f"{method_label(self.method)}: {self.note}"
-        r = self.row
-        where = f"v{VERSION} r{int(r['restart'])} ({r['init']} init)" if short else \
-            f"version {VERSION}, restart {int(r['restart'])} ({r['init']} init)"
-        return f"{method_label(self.method)} [{r['setting']}], {where}"
-
-
-def method_label(method: str) -> str:
-    return {"vae": "VAE", "lin": "VAE + LIN", "iwae": "IWAE"}.get(method, method)
-
-
-def dataset_title(dataset: str) -> str:
-    ex = example(dataset)
-    return TITLES.get(ex.base, ex.base) + (" (embedded in 5-D)" if ex.embedded else "")
-
-
-def fmt_sigma2(values) -> str:
-    v = np.atleast_1d(np.asarray(values, dtype=float))
-    if v.size == 1 or np.allclose(v, v.mean(), rtol=1e-3):
-        return f"{v.mean():.3g}"
-    return f"{v.mean():.3g} (mean of {', '.join(f'{a:.3g}' for a in v)})"
-
-
-def read_selected(outdir: str | Path, experiment: str) -> pd.DataFrame:
-    path = Path(outdir) / "selected" / f"{experiment}.csv"
-    try:
-        return read_csv(path)
-    except (FileNotFoundError, pd.errors.EmptyDataError):
-        return pd.DataFrame(columns=["dataset", "method", "latent_dim", "version", "restart", "setting"])
-
-
-def selected_row(table: pd.DataFrame, experiment: str, dataset: str, method: str, version: int,
-                 latent_dim: int | None = None, unlabelled_posterior: str | None = None) -> Selected:
-    """The selected row of `version` (no weights yet), or a note saying why there is none.
-    latent_dim, unlabelled_posterior (M2's variant): which of several selected models."""
-    rows = table[(table["dataset"] == dataset) & (table["method"] == method)]
-    if latent_dim is not None:
-        rows = rows[rows["latent_dim"] == latent_dim]
-    if unlabelled_posterior is not None:
-        rows = rows[rows["unlabelled_posterior"] == unlabelled_posterior]
-    if rows.empty:
-        return Selected(experiment, dataset, method, None, None,
-                        "no selected model (every restart of every setting failed)")
-    here = rows[rows["version"] == version]
-    if here.empty:
-        others = ", ".join(str(v) for v in sorted(rows["version"].unique()))
-        return Selected(experiment, dataset, method, None, None,
-                        f"every restart of version {version} failed (versions with a model: {others})")
-    return Selected(experiment, dataset, method, here.iloc[0], None)
-
-
-def load_selected(outdir: str | Path, table: pd.DataFrame, experiment: str, dataset: str, method: str,
-                  latent_dim: int | None = None, version: int = VERSION) -> Selected:
-    chosen = selected_row(table, experiment, dataset, method, version, latent_dim)
-    if chosen.row is None:
-        return chosen
-    row = chosen.row
-    path = Path(outdir) / (grid.run_stem(experiment, dataset, row["setting"], version, int(row["restart"])) + ".pt")
-    if not path.exists():
-        return Selected(experiment, dataset, method, row, None,
-                        f"weights missing:\n{path.relative_to(outdir) if path.is_relative_to(outdir) else path}")
-    return Selected(experiment, dataset, method, row, jobs.load_member(path))
-
-
-@dataclass
 class Truth:
     dataset: str
-    decoder: jobs.GroundTruthDecoder
+    decoder: GroundTruthDecoder
     noise_variance: float
     x: np.ndarray          # version-0 test data (n, D)
     z: np.ndarray          # their true latents (n,)
@@ -145,49 +65,13 @@ class Truth:
 
 def load_truth(outdir: str | Path, dataset: str) -> Truth:
     ex = example(dataset)
-    decoder = jobs.GroundTruthDecoder(Path(outdir) / grid.surrogate_path(ex.base), ex.embedded)
+    decoder = GroundTruthDecoder(Path(outdir) / grid.surrogate_path(ex.base), ex.embedded)
     data = load_npz(Path(outdir) / grid.data_path(dataset, VERSION))
     return Truth(dataset, decoder, ex.noise_variance, data["x_test"].astype(np.float64),
                  data["z_test"].reshape(-1).astype(np.float64))
 
 
-def generator(settings: dict, *parts) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(settings["seed"], "figure", *parts))
-
-
-def model_samples(model, n: int, gen: torch.Generator) -> np.ndarray:
-    """n ancestral samples x = f(z) + sigma eps of a one-member model."""
-    eps_z = torch.randn(1, n, model.K, generator=gen, dtype=torch.float64)
-    eps_x = torch.randn(1, n, model.D, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        return model.sample_x(eps_z, eps_x)[0].numpy()
-
-
 # --- drawing helpers --------------------------------------------------------------------
-def empty_panel(ax, note: str, width: int = 28) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(True)
-        spine.set_linestyle(":")
-        spine.set_color("0.6")
-    text = "\n".join(textwrap.fill(part, width) for part in note.split("\n"))
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.3")
-
-
-def marker_size(n: int) -> float:
-    """Scatter marker area: larger for small samples, so 200 or 2000 points both read well."""
-    return float(np.clip(4000 / max(n, 1), 3, 14))
-
-
-def data_limits(x: np.ndarray, pad: float = 0.08) -> tuple[tuple[float, float], tuple[float, float]]:
-    lo, hi = np.quantile(x[:, :2], 0.002, axis=0), np.quantile(x[:, :2], 0.998, axis=0)
-    span = (hi - lo).max()
-    mid = (hi + lo) / 2
-    half = span * (0.5 + pad)
-    return (mid[0] - half, mid[0] + half), (mid[1] - half, mid[1] + half)
-
-
 def coloured_curve(ax, xy: np.ndarray, z: np.ndarray, cmap="viridis", lw=1.4):
     """The curve xy(z) coloured by z, drawn thin over the scatter of points."""
     segments = np.stack([xy[:-1, :2], xy[1:, :2]], axis=1)
@@ -195,26 +79,6 @@ def coloured_curve(ax, xy: np.ndarray, z: np.ndarray, cmap="viridis", lw=1.4):
     lc.set_array((z[:-1] + z[1:]) / 2)
     ax.add_collection(lc)
     return lc
-
-
-def save(fig, out: str | Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    engine = fig.get_layout_engine()
-    if engine is not None:          # lay out once (at the PNG's dpi), not once per format
-        fig.set_dpi(PNG_DPI)
-        engine.execute(fig)
-        fig.set_layout_engine("none")
-    # no creation dates in the files: the same inputs give byte-identical figures
-    for ext, kwargs in (("pdf", {"metadata": {"CreationDate": None}}), ("png", {"dpi": PNG_DPI})):
-        tmp = out.with_name(out.name + f".tmp.{ext}")
-        fig.savefig(tmp, format=ext, **kwargs)
-        os.replace(tmp, out.with_name(out.name + f".{ext}"))
-    plt.close(fig)
-
-
-def grid_1d() -> torch.Tensor:
-    return P.uniform_grid(*GRID_1D)
 
 
 def choose_points(truth: Truth, quantiles: tuple[float, ...], n_multimodal: int
@@ -246,20 +110,6 @@ def multimodal_note(score: float, picked: bool) -> str:
     return note + (" (max)" if picked else "")
 
 
-def point_label(truth: Truth, i: int, k: int) -> str:
-    x = truth.x[i]
-    coords = ", ".join(f"{v:.2f}" for v in x[:2]) + (", ..." if x.size > 2 else "")
-    return f"$x_{k + 1}$ = ({coords})"
-
-
-def mark_points(ax, truth: Truth, points: list[int]) -> None:
-    for k, i in enumerate(points):
-        c = POINT_COLOURS[k % len(POINT_COLOURS)]
-        ax.scatter(*truth.x[i, :2], s=70, facecolor="white", edgecolor=c, linewidth=2, zorder=5)
-        ax.annotate(str(k + 1), truth.x[i, :2], xytext=(5, 5), textcoords="offset points",
-                    fontsize=9, fontweight="bold", color=c, zorder=6)
-
-
 # --- figure "panels" (Figures 6-14) ------------------------------------------------------
 def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str,
                 experiment: str = "unsupervised") -> None:
@@ -280,7 +130,7 @@ def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str
     xlim, ylim = data_limits(truth.x)
     ax_a.scatter(*truth.x[:, :2].T, s=marker_size(len(truth.x)), alpha=0.45, color=DATA_COLOUR, linewidths=0, label="test data")
     if sel.ok:
-        xs = model_samples(sel.model, len(truth.x), generator(settings, "panels", dataset, method))
+        xs = vae_samples(sel.model, len(truth.x), figure_noise(settings, "panels", dataset, method))[0].numpy()
         ax_a.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.45, color=SAMPLE_COLOUR, linewidths=0,
                      label=f"{method_label(method)} samples")
         lc = coloured_curve(ax_a, f_learned, zc.numpy())
@@ -381,7 +231,7 @@ def draw_figure1(settings: dict, outdir: str, out: str) -> None:
                 ax.set_title(f"{dataset_title(name)}: {method_label(method)}")
                 empty_panel(ax, sel.note)
                 continue
-            xs = model_samples(sel.model, len(truth.x), generator(settings, "figure1", name, method))
+            xs = vae_samples(sel.model, len(truth.x), figure_noise(settings, "figure1", name, method))[0].numpy()
             ax.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.5, color=SAMPLE_COLOUR, linewidths=0)
             knn = f"smooth-kNN (test) = {sel.row['knn_test']:.3g}" if "knn_test" in sel.row else ""
             r_ = sel.row
@@ -476,7 +326,7 @@ def draw_latent(settings: dict, outdir: str, out: str, dataset: str) -> None:
                 axes[r, k + 1].set_title(f"K = {K}: {point_label(truth, points[k], k)}")
                 empty_panel(axes[r, k + 1], sel.note)
             continue
-        xs = model_samples(sel.model, len(truth.x), generator(settings, "latent", dataset, K))
+        xs = vae_samples(sel.model, len(truth.x), figure_noise(settings, "latent", dataset, K))[0].numpy()
         ax.scatter(*truth.x[:, :2].T, s=marker_size(len(truth.x)), alpha=0.3, color=DATA_COLOUR, linewidths=0, label="data")
         ax.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.3, color=SAMPLE_COLOUR, linewidths=0, label="VAE samples")
         ax.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
@@ -514,25 +364,3 @@ def draw_latent(settings: dict, outdir: str, out: str, dataset: str) -> None:
                  "\"posteriors get simpler as K grows and $\\sigma^2$ shrinks\"", fontweight="bold")
     fig.supxlabel(MODE_NOTE, fontsize=8, color="0.3")
     save(fig, out)
-
-
-# --- entry point ------------------------------------------------------------------------
-def draw_figure(settings: dict, figure: str, outdir: str, out: str, dataset: str | None = None,
-                method: str | None = None) -> None:
-    """Draw one figure to <out>.pdf and <out>.png.
-
-    figure: 'panels' (needs dataset and method; the unsupervised experiment, Figures 6-14),
-            'figure1' (Figure 1), or 'latent' (needs dataset, e.g. 'clusters-5d'; Figures 21-22).
-    """
-    if figure == "panels":
-        if dataset is None or method is None:
-            raise ValueError("figure 'panels' needs --dataset and --method")
-        draw_panels(settings, outdir, out, dataset, method)
-    elif figure == "figure1":
-        draw_figure1(settings, outdir, out)
-    elif figure == "latent":
-        if dataset is None:
-            raise ValueError("figure 'latent' needs --dataset")
-        draw_latent(settings, outdir, out, dataset)
-    else:
-        raise ValueError(f"unknown figure {figure!r}; known: panels, figure1, latent")

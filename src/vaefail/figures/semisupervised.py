@@ -36,10 +36,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from . import grid
-from . import posteriors as P
-from .datasets import example
-from .figures import (
+from .. import grid
+from .. import posteriors as P
+from ..data_files import dataset_labels
+from ..datasets import example
+from ..files import load_npz
+from ..m2 import encode_labels
+from ..sampling import m2_samples
+from ..surrogate import GroundTruthDecoder
+from .common import (
     DATA_COLOUR,
     POINT_COLOURS,
     SAMPLE_COLOUR,
@@ -50,20 +55,17 @@ from .figures import (
     data_limits,
     dataset_title,
     empty_panel,
+    figure_noise,
     fmt_sigma2,
-    generator,
     grid_1d,
+    load_selected,
     mark_points,
     marker_size,
     method_label,
     point_label,
     read_selected,
     save,
-    selected_row,
 )
-from .files import load_npz
-from .jobs import GroundTruthDecoder
-from .semisupervised import dataset_labels, encode_labels, load_m2_member
 
 EXPERIMENT = "semisupervised"
 FIGURE2_DATASET = "discrete-semicircle"
@@ -110,22 +112,6 @@ def load_ss_truth(outdir: str | Path, dataset: str) -> SSTruth:
                    [data[f"x_cohort{i}"].astype(np.float64) for i in range(len(values))])
 
 
-def load_ss_selected(outdir: str | Path, table, dataset: str, method: str, unlabelled_posterior: str,
-                     version: int = VERSION) -> Selected:
-    """The selected restart of `version` of one (dataset, method, z-posterior variant) as a
-    one-member M2Ensemble."""
-    chosen = selected_row(table, EXPERIMENT, dataset, method, version, unlabelled_posterior=unlabelled_posterior)
-    if chosen.row is None:
-        return chosen
-    row = chosen.row
-    stem = grid.run_stem(EXPERIMENT, dataset, row["setting"], version, int(row["restart"]),
-                         float(row["alpha"]), float(row["gamma"]))
-    path = Path(outdir) / (stem + ".pt")
-    if not path.exists():
-        return Selected(EXPERIMENT, dataset, method, row, None, f"weights missing:\n{stem}.pt")
-    return Selected(EXPERIMENT, dataset, method, row, load_m2_member(path))
-
-
 def describe(sel: Selected, short: bool = False) -> str:
     """method [setting], alpha, gamma, version, restart (init) of a selected model."""
     if sel.row is None:
@@ -159,21 +145,6 @@ def f_curve(decoder, truth: SSTruth, value, zc: torch.Tensor) -> np.ndarray:
     """f(y = value, z) on the z values zc (G,) for a decoder of [encoded y, z]: (G, D)."""
     with torch.no_grad():
         return decoder(torch.cat([encoded(truth, value, zc.numel()), zc.unsqueeze(-1)], -1)).numpy()
-
-
-def m2_model_samples(model, n: int, gen: torch.Generator, value=None) -> np.ndarray:
-    """n ancestral samples of p_theta(x) (y ~ p(y)), or of p_theta(x | y = value): (n, D)."""
-    labels = model.labels
-    if value is not None:
-        y = torch.full((n,), float(value), dtype=torch.float64)
-    elif labels.kind == "discrete":
-        y = torch.randint(0, labels.classes, (n,), generator=gen)
-    else:
-        y = torch.randn(n, generator=gen, dtype=torch.float64)
-    z = torch.randn(n, model.K, generator=gen, dtype=torch.float64)
-    eps = torch.randn(n, model.D, generator=gen, dtype=torch.float64)
-    mean = P.m2_decoder(model)(torch.cat([encode_labels(labels, y), z], -1))
-    return (mean + P.model_sigma2(model).sqrt() * eps).numpy()
 
 
 def y_colour(truth: SSTruth, value):
@@ -343,8 +314,8 @@ def draw_posteriors_continuous(axes_d, axes_e, truth: SSTruth, sel: Selected, po
 # --- figure "ss-panels" (Figures 15-20) ---------------------------------------------------
 def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: str) -> None:
     truth = load_ss_truth(outdir, dataset)
-    sel = load_ss_selected(outdir, read_selected(outdir, EXPERIMENT), dataset, method,
-                           settings["ss_unlabelled_posteriors"][0])
+    sel = load_selected(outdir, read_selected(outdir, EXPERIMENT), EXPERIMENT, dataset, method,
+                        unlabelled_posterior=settings["ss_unlabelled_posteriors"][0])
     points = choose_ss_points(truth)
     n_cohorts = len(truth.cohorts)
 
@@ -355,11 +326,11 @@ def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: 
     axes_b = sub_b.subplots(2, 2)
     axes_c = np.atleast_1d(sub_c.subplots(1, n_cohorts, sharex=True, sharey=True))
     xlim, ylim = data_limits(np.concatenate([truth.x, *truth.cohorts]))
-    gen = generator(settings, "ss-panels", dataset, method)
+    noise = figure_noise(settings, "ss-panels", dataset, method)
     name = method_label(method)
 
     # (a) true vs learned p(x)
-    xs = m2_model_samples(sel.model, len(truth.x), gen) if sel.ok else None
+    xs = m2_samples(sel.model, len(truth.x), noise)[0].numpy() if sel.ok else None
     scatter_pair(ax_a, truth.x, xs, f"{name} samples, y ~ p(y)", "test data")
     mark_points(ax_a, truth, points)
     ax_a.set(xlim=xlim, ylim=ylim, aspect="equal", xlabel="$x_1$", ylabel="$x_2$")
@@ -376,7 +347,7 @@ def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: 
     # (c) true vs learned p(x | y) per cohort
     for j, (value, cohort) in enumerate(zip(truth.cohort_values, truth.cohorts)):
         ax = axes_c[j]
-        samples = (m2_model_samples(sel.model, len(cohort), gen, value) if sel.ok else None)
+        samples = m2_samples(sel.model, len(cohort), noise, value)[0].numpy() if sel.ok else None
         scatter_pair(ax, cohort, samples, f"{name} samples", f"true p(x | y = {fmt_label(truth, value)})")
         knn = sel.row.get(f"knn_cohort_test_{j}") if sel.row is not None else None
         title = f"y = {fmt_label(truth, value)}"
@@ -435,7 +406,7 @@ def draw_figure2(settings: dict, outdir: str, out: str) -> None:
         rows = axes[2 * block:2 * block + 2]
         draw_f_column(rows[:, 0], truth, truth.decoder, "(a) ground truth $f(y, z)$")
         for col, (letter, method) in enumerate((("b", "vae"), ("c", "iwae")), start=1):
-            sel = load_ss_selected(outdir, table, FIGURE2_DATASET, method, variant)
+            sel = load_selected(outdir, table, EXPERIMENT, FIGURE2_DATASET, method, unlabelled_posterior=variant)
             title = f"({letter}) {describe(sel, short=True) if sel.row is not None else method_label(method)}"
             title = f"{VARIANT_LABELS[variant]}: " + title.replace(", v", ",\nv")
             draw_f_column(rows[:, col], truth, P.m2_decoder(sel.model) if sel.ok else None, title,
@@ -450,21 +421,3 @@ def draw_figure2(settings: dict, outdir: str, out: str) -> None:
 
 
 VARIANT_LABELS = {"x": "U with $q(z|x)$ (the paper)", "xy": "U with $q(z|x,y)$ (Kingma et al.)"}
-
-
-# --- entry point ------------------------------------------------------------------------
-def draw_ss_figure(settings: dict, figure: str, outdir: str, out: str, dataset: str | None = None,
-                   method: str | None = None) -> None:
-    """Draw one semi-supervised figure to <out>.pdf and <out>.png.
-
-    figure: 'figure2' (the paper's Figure 2, Discrete Semi-Circle, VAE and IWAE), or
-            'ss-panels' (needs dataset and method; the paper's Figures 15-20).
-    """
-    if figure == "figure2":
-        draw_figure2(settings, outdir, out)
-    elif figure == "ss-panels":
-        if dataset is None or method is None:
-            raise ValueError("figure 'ss-panels' needs --dataset and --method")
-        draw_ss_panels(settings, outdir, out, dataset, method)
-    else:
-        raise ValueError(f"unknown figure {figure!r}; known: figure2, ss-panels")
