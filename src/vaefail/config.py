@@ -170,7 +170,7 @@ def require_cuda(configured: str) -> None:
         why = "device=cuda was asked for" if configured == "cuda" else "device=auto chose cuda (a GPU driver is visible)"
         raise ConfigError(f"{why}, but torch sees no GPU on this machine (torch {torch.__version__}, "
                           f"CUDA build: {torch.version.cuda}); install a CUDA build of torch (README, "
-                          "'Cluster and GPU') or run with --config device=cpu")
+                          "'GPU and cluster') or run with --config device=cpu")
 
 
 def resolve_device(device: str) -> str:
