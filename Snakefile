@@ -41,11 +41,10 @@ rule all:
 # One half of the paper without the PDF: `snakemake --cores all semisupervised`.
 rule unsupervised:
     input:
-        [t for t in TABLES if Path(t).stem in ("table1", "table2", "theorem2")],
+        table_files(catalogue.UNSUPERVISED_TABLES),
         DISENTANGLEMENT_TABLE,
         APPENDIX_K_TABLES,
-        out("figures/figure1.pdf"),
-        out("figures/figure5.pdf"),
+        figure_files([catalogue.FIGURE1, catalogue.FIGURE5]),
         FIGURE_PANELS,
         LATENT_FIGURES,
         UNSUPERVISED_RUNS,
@@ -53,7 +52,7 @@ rule unsupervised:
 
 rule semisupervised:
     input:
-        [t for t in TABLES if Path(t).stem in ("table3", "table4", "table5", "table6")],
+        table_files(catalogue.SEMI_SUPERVISED_TABLES),
         SS_FIGURES,
         SEMISUPERVISED_RUNS,
 

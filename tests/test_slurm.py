@@ -20,14 +20,11 @@ import pytest
 import yaml
 
 from vaefail import config, grid
+from vaefail.catalogue import GPU_RULES, TRAINING_RULES
 from vaefail.config import ROOT
 
 PARTITION = "local"  # the partition of tests/slurm/slurm.conf.in
 PROFILES = ["--profile", "workflow/profiles/slurm", "--profile", "tests/slurm/profile"]
-TRAINING_RULES = {"unsupervised": "train", "noise": "train", "latent": "train", "disentangle": "train",
-                  "semisupervised": "train_semisupervised", "uci": "train_uci"}
-# the rules that declare `gpu: 1` when run with --config device=cuda
-GPU_RULES = ("train", "train_semisupervised", "train_uci", "gt_encoders")
 # the Snakefile's `localrules:`, which run where Snakemake runs
 LOCAL_RULES = set(re.findall(r"\w+", re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)",
                                                (ROOT / "Snakefile").read_text(), re.MULTILINE).group(1)))

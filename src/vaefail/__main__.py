@@ -14,6 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .catalogue import FIGURE_KINDS, TABLES
 from .config import ConfigError
 from .files import ResultReadError, ResultWriteError
 from .uci import DataIntegrityError
@@ -80,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out-all", required=True)
 
     c = command("table", "build one table (csv + tex) from selected results")
-    c.add_argument("--table", required=True, choices=["table1", "table2", "theorem2", "table3", "table4", "table5", "table6"])
+    c.add_argument("--table", required=True, choices=list(TABLES))
     c.add_argument("--selected", nargs="+", required=True)
     c.add_argument("--out", required=True)
 
@@ -107,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
 
     c = command("figure", "draw one figure from saved results")
-    c.add_argument("--figure", required=True, choices=["panels", "figure1", "latent", "figure2", "ss-panels"])
+    c.add_argument("--figure", required=True, choices=FIGURE_KINDS)
     c.add_argument("--outdir", required=True)
     c.add_argument("--dataset", default=None)
     c.add_argument("--method", default=None)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from . import grid
+from .catalogue import DISENTANGLEMENT_TABLE, METHOD_TITLES
 from .disentanglement import (
     appendix_f_models,
     disentanglement_scores,
@@ -41,9 +42,8 @@ from .disentanglement import (
 from .ensembles import load_member
 from .files import load_npz, read_csv, save_npz, write_bytes
 from .randomness import derive_seed
-from .tables import COLUMNS, METHOD_TITLES, _cell, to_latex
+from .tables import COLUMNS, cell, to_latex
 
-TABLE = "disentanglement"
 # rows of part (a), by the names of disentanglement.appendix_f_models
 MODEL_ROWS = {"original": "true A", "appendix_rotation": "A R (appendix F)",
               "elbo_maximising": "A R* (ELBO-maximising)"}
@@ -126,10 +126,10 @@ def disentanglement_cells(settings: dict, kept: pd.DataFrame, outdir: str | Path
         data = load_npz(outdir / grid.data_path(grid.LINEAR_GAUSSIAN, v))
         test[v] = (data["x_test"], data["z_test"])
     per_version = [closed_form_values(t, x, z, settings["mi_neighbours"]) for x, z in test.values()]
-    cells = [_cell(TABLE, row, column, [values[row][column] for values in per_version])
+    cells = [cell(DISENTANGLEMENT_TABLE, row, column, [values[row][column] for values in per_version])
              for row in MODEL_ROWS.values() for column in (LOG_PX, ELBO, MIG, MIG_NATS)]
     for row, runs in trained_values(settings, kept, outdir, test).items():
-        cells += [_cell(TABLE, row, column, [run[column] for run in runs])
+        cells += [cell(DISENTANGLEMENT_TABLE, row, column, [run[column] for run in runs])
                   for column in (LOG_PX, ELBO, MIG, MIG_NATS, BOUND)]
     return pd.DataFrame(cells, columns=COLUMNS)
 
@@ -158,4 +158,5 @@ def build_disentanglement_table(settings: dict, all_restarts_csv: str, outdir: s
     cells = disentanglement_cells(settings, kept, outdir)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out_csv, cells.to_csv(index=False).encode())
-    write_bytes(Path(out_csv).with_suffix(".tex"), to_latex(cells, caption(settings), f"tab:{TABLE}").encode())
+    tex = to_latex(cells, caption(settings), f"tab:{DISENTANGLEMENT_TABLE}")
+    write_bytes(Path(out_csv).with_suffix(".tex"), tex.encode())

@@ -94,6 +94,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from . import grid  # noqa: E402
+from .catalogue import DATASET_TITLES, method_legend  # noqa: E402
 from .ensembles import load_member  # noqa: E402
 from .figures import common as FIG  # noqa: E402
 from . import projection as PJ  # noqa: E402
@@ -326,7 +327,7 @@ def selected_candidate(outdir, table: pd.DataFrame, experiment: str, dataset: st
 
 
 def model_label(method: str, latent_dim: int | None = None, sigma2_mode: str | None = None) -> str:
-    name = {"vae": "VAE", "iwae": "IWAE", "lin": "VAE + LIN"}.get(method, method)
+    name = method_legend(method)
     if latent_dim is not None:
         name += f" K={latent_dim}"
     if sigma2_mode is not None:
@@ -693,9 +694,8 @@ def draw_slice_panel(ax, setup: AttackSetup, ex: ExampleAttack | None, names: di
 
 
 def dataset_short(dataset: str) -> str:
-    from .datasets import TITLES
     ex = example(dataset)
-    return TITLES.get(ex.base, ex.base) + (" (5-D)" if ex.embedded else "")
+    return DATASET_TITLES.get(ex.base, ex.base) + (" (5-D)" if ex.embedded else "")
 
 
 def draw_grid_panel(ax, truth: TruthData, x_test: torch.Tensor, name: str, cand: Candidate, title: str,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import appendix_f as F
 from . import grid
-from .datasets import TITLES
+from .catalogue import DATASET_TITLES, DISENTANGLEMENT_TABLE
 from .files import read_csv, write_bytes
 
 COLUMNS = ["claim", "source", "measured", "verdict"]
@@ -97,7 +97,7 @@ def theorem2_claims(claims: Claims, th: pd.DataFrame, settings: dict) -> None:
     best fixed-sigma^2 model by eq. 5 and more so when sigma^2 is learned jointly."""
     if settings["noise_dataset"] != "spiral-dots":
         return
-    title = TITLES["spiral-dots"]
+    title = DATASET_TITLES["spiral-dots"]
     fixed = _value(th, "sigma^2 by eq. 5 for the best fixed-sigma^2 VAE", title)
     joint = _value(th, "sigma^2 learned jointly with (theta, phi)", title)
     claims.add("Spiral-Dots: eq. 5 at the best fixed-$\\sigma^2$ VAE over-estimates $\\sigma^2=0.01$",
@@ -118,7 +118,7 @@ def theorem1_claims(claims: Claims, shares: pd.DataFrame) -> None:
         truth, vae, iwae, lin = (mean.get((dataset, m), np.nan) for m in ("truth", "vae", "iwae", "lin"))
         measured = (f"share of test points with > threshold mass off the main mode: truth {_num(truth, 2)}, "
                     f"VAE {_num(vae, 2)}, LIN {_num(lin, 2)}, IWAE {_num(iwae, 2)}")
-        title = TITLES[dataset]
+        title = DATASET_TITLES[dataset]
         if not _finite(truth):
             continue
         if truth < LARGE_PORTION:
@@ -137,7 +137,7 @@ def semisupervised_claims(claims: Claims, t3: pd.DataFrame, t4: pd.DataFrame, t5
         cells = table[(table["row"] == row) & table["column"].str.startswith(method + " cohort")]
         return cells["mean"].to_numpy()
 
-    disc, cont = TITLES["discrete-semicircle"], TITLES["continuous-semicircle"]
+    disc, cont = DATASET_TITLES["discrete-semicircle"], DATASET_TITLES["continuous-semicircle"]
     if disc in set(t3["row"]):
         iwae, vae = _value(t3, disc, "IWAE"), _value(t3, disc, "VAE")
         claims.add("Discrete Semi-Circle: the VAE learns $p(x)$ better than IWAE", "Table 3, appendix G",
@@ -156,7 +156,7 @@ def semisupervised_claims(claims: Claims, t3: pd.DataFrame, t4: pd.DataFrame, t5
                    f"mean over cohorts: IWAE {_num(np.mean(ci))}, VAE {_num(np.mean(cv))}, LIN {_num(np.mean(cl))}",
                    not np.mean(ci) < min(np.mean(cv), np.mean(cl)) if len(ci) and len(cv) and len(cl) else None)
     for dataset, iwae_better in (("diabetic-retinopathy", True), ("contraceptive", True), ("titanic", False)):
-        row = TITLES[dataset]
+        row = DATASET_TITLES[dataset]
         if row in set(t5["row"]):
             iwae, vae = _value(t5, row, "IWAE"), _value(t5, row, "VAE")
             better, worse = ("IWAE", "the VAE") if iwae_better else ("the VAE", "IWAE")
@@ -180,10 +180,10 @@ def separation_claims(claims: Claims, separation: pd.DataFrame) -> None:
         measured = (f"separation: truth {_num(t, 2)}, VAE {_num(vae, 2)}, IWAE {_num(iwae, 2)} "
                     f"(collapsed below {COLLAPSED_FRACTION:g} x truth)")
         figure = "Figure 2" if dataset == "discrete-semicircle" else "Figure 18"
-        claims.add(f"{TITLES[dataset]} ({which}): the VAE collapses $f(y,z)$ to one function of $z$",
+        claims.add(f"{DATASET_TITLES[dataset]} ({which}): the VAE collapses $f(y,z)$ to one function of $z$",
                    figure, measured, vae < COLLAPSED_FRACTION * t if _finite(vae, t) else None)
         if dataset == "discrete-semicircle":
-            claims.add(f"{TITLES[dataset]} ({which}): IWAE keeps $f(y,z)$ apart for different $y$",
+            claims.add(f"{DATASET_TITLES[dataset]} ({which}): IWAE keeps $f(y,z)$ apart for different $y$",
                        figure, measured, iwae >= COLLAPSED_FRACTION * t if _finite(iwae, t) else None)
 
 
@@ -238,7 +238,7 @@ def appendix_k_claims(claims: Claims, denoising: pd.DataFrame, attack: pd.DataFr
     for dataset in dict.fromkeys(denoising["dataset"]):
         rows = mean.loc[dataset]
         vae = rows[(rows["method"] == "vae") & rows["latent_dim"].notna()]
-        title = TITLES[dataset.removesuffix("-5d")]
+        title = DATASET_TITLES[dataset.removesuffix("-5d")]
         if dataset.endswith("-5d") and len(vae) > 1:
             k = vae["latent_dim"].astype(int)
             matched, mismatched = vae[k == k.min()].iloc[0], vae[k == k.max()].iloc[0]
@@ -288,8 +288,8 @@ def score_claims(settings: dict, tables: dict[str, pd.DataFrame]) -> pd.DataFram
     semisupervised_claims(claims, tables["table3"], tables["table4"], tables["table5"])
     if "separation" in tables:
         separation_claims(claims, tables["separation"])
-    if F.TABLE in tables:
-        disentanglement_claims(claims, tables[F.TABLE], settings)
+    if DISENTANGLEMENT_TABLE in tables:
+        disentanglement_claims(claims, tables[DISENTANGLEMENT_TABLE], settings)
     if "appendix_k_denoising" in tables:
         appendix_k_claims(claims, tables["appendix_k_denoising"], tables["appendix_k_attack"])
     return claims.frame()

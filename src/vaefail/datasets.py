@@ -19,8 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .uci import UCI_DATASETS, uci_spec
-
 Phi = torch.special.ndtr  # the standard normal CDF
 
 # The linear embedding of appendix F (a 2 x 5 matrix: x_5d = x_2d @ EMBEDDING).
@@ -129,8 +127,6 @@ _BASE = {
 EXAMPLES: dict[str, Example] = {name: Example(name, f, s2) for name, (f, s2) in _BASE.items()}
 EXAMPLES.update({f"{name}-5d": Example(f"{name}-5d", f, s2, embedded=True)
                  for name, (f, s2) in _BASE.items()})
-TITLES = {"figure-8": "Figure-8", "circle": "Circle", "absolute-value": "Absolute-Value",
-          "clusters": "Clusters", "spiral-dots": "Spiral-Dots"}
 
 
 def example(name: str):
@@ -232,8 +228,6 @@ SEMI_SUPERVISED = {
     "continuous-semicircle": SemiSupervisedExample("continuous-semicircle", continuous_semicircle, 0.01,
                                                    "continuous", cohorts=(-3.5, 3.5)),
 }
-TITLES.update({"discrete-semicircle": "Discrete Semi-Circle", "continuous-semicircle": "Continuous Semi-Circle"})
-TITLES.update({name: uci_spec(name).title for name in UCI_DATASETS})
 
 
 def sample_split(decoder: Callable[[torch.Tensor], torch.Tensor], ex: Example, sizes: dict[str, int],

@@ -26,13 +26,14 @@ import torch
 
 from . import grid
 from . import posteriors as P
+from .catalogue import METHOD_TITLES
 from .datasets import example
 from .ensembles import load_member
 from .figures.common import GRID_1D, read_selected, selected_row, selected_stem
 from .files import load_npz, read_json, write_bytes
 from .m2 import Labels, encode_labels
 from .surrogate import GroundTruthDecoder
-from .tables import COLUMNS, _cell, row_title, to_latex
+from .tables import COLUMNS, cell, row_title, to_latex
 
 TRUTH = "truth"
 
@@ -143,7 +144,7 @@ def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "di
     return pd.DataFrame(rows)
 
 
-MODEL_TITLES = {TRUTH: "truth", "vae": "VAE", "lin": "LIN", "iwae": "IWAE"}
+MODEL_TITLES = {TRUTH: "truth", **METHOD_TITLES}
 
 
 def summary_cells(name: str, frame: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -157,10 +158,10 @@ def summary_cells(name: str, frame: pd.DataFrame, value: str) -> pd.DataFrame:
         variants = [v for v in dict.fromkeys(rows["unlabelled_posterior"]) if isinstance(v, str)] or [None]
         for variant in variants:
             title = row_title(dataset, variant) if len(keys) > 1 else row_title(dataset)
-            cells.append(_cell(name, title, MODEL_TITLES[TRUTH], truth[value]))
+            cells.append(cell(name, title, MODEL_TITLES[TRUTH], truth[value]))
             for method in grid.METHODS:
                 mine = rows[(rows["model"] == method) & ((rows["unlabelled_posterior"] == variant) | (variant is None))]
-                cells.append(_cell(name, title, MODEL_TITLES[method], mine[value]))
+                cells.append(cell(name, title, MODEL_TITLES[method], mine[value]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 

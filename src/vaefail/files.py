@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .catalogue import TRAINING_RULES
 from .config import ConfigError, settings_hash
-from .grid import EXPERIMENTS, UCI_DATASETS
+from .grid import UCI_DATASETS
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -145,8 +146,6 @@ class ResultReadError(ValueError):
 # The folder under an output folder that holds a file -> the workflow rule that writes it.
 _RULE_OF_FOLDER = {"surrogates": "surrogate", "gt_encoders": "gt_encoders", "selected": "select",
                    "tables": "table", "record": "run_record"}
-_RULE_OF_EXPERIMENT = {**{e: "train" for e in EXPERIMENTS}, "semisupervised": "train_semisupervised",
-                       "uci": "train_uci"}
 
 
 def rule_of(path: str | Path) -> str | None:
@@ -157,7 +156,7 @@ def rule_of(path: str | Path) -> str | None:
     for i in range(len(parts) - 2, -1, -1):      # the folder nearest the file decides
         folder = parts[i]
         if folder == "runs" and i + 1 < len(parts) - 1:
-            return _RULE_OF_EXPERIMENT.get(parts[i + 1])
+            return TRAINING_RULES.get(parts[i + 1])
         if folder == "data" and i + 1 < len(parts) - 1:
             return "uci_splits" if parts[i + 1] in UCI_DATASETS else "dataset"
         if folder in _RULE_OF_FOLDER:

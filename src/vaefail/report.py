@@ -15,17 +15,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ROOT, settings_hash
-from .datasets import TITLES
-from .files import read_csv, read_json
-from .grid import base_datasets
-from .provenance import code_version
+from .catalogue import (
+    CLAIMS_TABLE,
+    DATASET_TITLES,
+    METHOD_TITLES,
+    TABLES,
+    latent_figure,
+    panel_figure,
+    ss_panel_figure,
+    table_path,
+)
 from .claims import COLLAPSED_FRACTION
-from .tables import METHOD_TITLES, tex_label
+from .config import ROOT, settings_hash
+from .files import read_csv, read_json
+from .grid import METHODS, all_datasets, base_datasets
+from .provenance import code_version
+from .tables import tex_label
 
 PAPER_SOURCES = ROOT / "paper"
-AGREEMENT_SDS = 2.0
-TABLE_NAMES = ("table1", "table2", "theorem2", "table3", "table4", "table5", "table6")   # "agrees" when |ours - paper| <= 2 * sqrt(sd_ours^2 + sd_paper^2)
+AGREEMENT_SDS = 2.0   # "agrees" when |ours - paper| <= 2 * sqrt(sd_ours^2 + sd_paper^2)
 
 
 def tex(text) -> str:
@@ -69,8 +77,8 @@ def claim_rows(claims: pd.DataFrame) -> str:
 def separation_rows(outdir: Path, settings: dict) -> str:
     """Rows (z-posterior, method) x gamma of the Discrete Semi-Circle's restarts: mean label
     separation and the share collapsed, over every alpha, version and restart."""
-    restarts = read_csv(outdir / "tables" / "separation-restarts.csv")
-    truth = read_csv(outdir / "tables" / "separation.csv")
+    restarts = read_csv(outdir / table_path("separation-restarts"))
+    truth = read_csv(outdir / table_path("separation"))
     truth = truth[(truth["dataset"] == "discrete-semicircle") & (truth["model"] == "truth")]["separation"]
     if restarts.empty or truth.empty:
         return ""
@@ -91,7 +99,7 @@ def separation_rows(outdir: Path, settings: dict) -> str:
 
 def collapse_sentence(outdir: Path) -> str:
     """What this run found for Figure 2, in words, from tables/separation.csv."""
-    sep = read_csv(outdir / "tables" / "separation.csv")
+    sep = read_csv(outdir / table_path("separation"))
     sep = sep[sep["dataset"] == "discrete-semicircle"]
     if sep.empty:
         return "The Discrete Semi-Circle was not part of this run."
@@ -125,14 +133,13 @@ def surrogate_rows(outdir: Path, settings: dict) -> str:
     rows = []
     for base in base_datasets(settings):
         rec = read_json(outdir / "surrogates" / f"{base}.json")
-        rows.append(f"{TITLES[base]} & {rec['mse']:.2e} & {'yes' if rec['reached_target'] else 'no'} "
+        rows.append(f"{DATASET_TITLES[base]} & {rec['mse']:.2e} & {'yes' if rec['reached_target'] else 'no'} "
                     f"& {rec['seconds']:.0f} \\\\")
     return "\n".join(rows)
 
 
 def gt_encoder_rows(outdir: Path, settings: dict) -> str:
     """Validation ELBO of the chosen phi_GT against the ground truth's exact log-likelihood."""
-    from .grid import all_datasets
     rows = []
     for dataset in all_datasets(settings):
         records = [read_json(p) for p in sorted((outdir / "gt_encoders" / dataset).glob("v*.json"))]
@@ -170,9 +177,6 @@ def provenance_macros(outdir: Path) -> list[str]:
     ]
 
 
-METHOD_NAMES = {"vae": "VAE", "lin": "LIN", "iwae": "IWAE"}
-
-
 def _figure(path: Path, caption: str) -> str:
     return ("\\begin{figure}[p]\\centering"
             f"\\includegraphics[width=\\linewidth]{{{path.resolve()}}}"
@@ -181,18 +185,18 @@ def _figure(path: Path, caption: str) -> str:
 
 def panel_figures(settings: dict, outdir: Path) -> str:
     return "\n".join(
-        _figure(outdir / "figures" / "panels" / f"{d}-{m}.pdf",
-                f"{METHOD_NAMES[m]} on {TITLES[d]} (the paper's Figures 6--14 show such panels): "
+        _figure(outdir / panel_figure(d, m, ".pdf"),
+                f"{METHOD_TITLES[m]} on {DATASET_TITLES[d]} (the paper's Figures 6--14 show such panels): "
                 "(a) test data and model samples with the learned $f(z)$; (b) true and learned $f$; "
                 "(c) aggregate posterior and prior; (d) exact posteriors under the true decoder; "
                 "(e) exact posteriors under the learned decoder, with $q(z|x)$ dashed.")
-        for d in settings["unsupervised_datasets"] for m in ("vae", "lin", "iwae"))
+        for d in settings["unsupervised_datasets"] for m in METHODS)
 
 
 def latent_figures(settings: dict, outdir: Path) -> str:
     return "\n".join(
-        _figure(outdir / "figures" / "latent" / f"{d}-5d.pdf",
-                f"Posteriors of the VAE's learned decoder for {TITLES[d]} embedded in 5-D, for each latent "
+        _figure(outdir / latent_figure(f"{d}-5d", ".pdf"),
+                f"Posteriors of the VAE's learned decoder for {DATASET_TITLES[d]} embedded in 5-D, for each latent "
                 "dimension $K$ (the paper's Figures 21--22).")
         for d in settings["latent_datasets"])
 
@@ -201,19 +205,19 @@ def ss_figures(settings: dict, outdir: Path) -> str:
     variant = ("the paper's $q(z|x)$" if settings["ss_unlabelled_posteriors"][0] == "x"
                else "Kingma et al.'s $q(z|x,y)$")
     return "\n".join(
-        _figure(outdir / "figures" / "ss-panels" / f"{d}-{m}.pdf",
-                f"Semi-supervised {METHOD_NAMES[m]} on the {TITLES[d]}, {variant} in the unlabelled bound (the "
+        _figure(outdir / ss_panel_figure(d, m, ".pdf"),
+                f"Semi-supervised {METHOD_TITLES[m]} on the {DATASET_TITLES[d]}, {variant} in the unlabelled bound (the "
                 "paper's Figures 15--20 show such panels): (a) $p(x)$, (b) $f(y,z)$ per $y$, (c) each cohort "
                 "$p(x|y)$, true and learned; exact posteriors under (d) the true and (e) the learned decoder.")
-        for d in settings["ss_datasets"] for m in ("vae", "lin", "iwae"))
+        for d in settings["ss_datasets"] for m in METHODS)
 
 
 def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
-    tables = {name: read_csv(outdir / "tables" / f"{name}.csv") for name in TABLE_NAMES}
+    tables = {name: read_csv(outdir / table_path(name)) for name in TABLES}
     version = code_version()
     commit = version["git_commit"] + (" (with uncommitted changes)" if version["git_dirty"] else "")
     time_rows, total = run_time_rows(outdir)
-    claims = read_csv(outdir / "tables" / "claims.csv")
+    claims = read_csv(outdir / table_path(CLAIMS_TABLE))
     gamma_header = " & ".join(f"$\\gamma={g:g}$" for g in settings["ss_gammas"])
     verdicts = [verdict(r) for name in tables for _, r in tables[name].iterrows()
                 if np.isfinite(r["paper_mean"])]

@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 
 from . import grid
-from .datasets import TITLES
+from .catalogue import DATASET_TITLES, METHOD_TITLES, TABLE_METHOD_ORDER, TABLES
 from .files import read_csv, write_bytes
 from .paper_values import PAPER
 
 COLUMNS = ["table", "row", "column", "mean", "sd", "n", "paper_mean", "paper_sd"]
-METHOD_TITLES = {"iwae": "IWAE", "lin": "LIN", "vae": "VAE"}
 SELECTION_TEXT = {"knn": "the smallest mean validation smooth-kNN statistic",
                   "validation_loss": "the best mean validation objective"}
 
 
-def _cell(table: str, row: str, column: str, values) -> dict:
+def cell(table: str, row: str, column: str, values) -> dict:
+    """One table cell: mean, sample sd and count of the finite values, beside the paper's value."""
     values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
     paper = PAPER.get((table, row, column), (np.nan, np.nan))
     return {"table": table, "row": row, "column": column,
@@ -38,7 +38,7 @@ VARIANT_TITLES = {"x": "", "xy": " [q(z|x,y)]"}   # M2's unlabelled z-posterior;
 
 def row_title(dataset: str, unlabelled_posterior=None) -> str:
     """A table row's data set, with M2's z-posterior variant where it is not the paper's."""
-    return TITLES[dataset] + VARIANT_TITLES.get(unlabelled_posterior, "")
+    return DATASET_TITLES[dataset] + VARIANT_TITLES.get(unlabelled_posterior, "")
 
 
 def _by_dataset(selected: pd.DataFrame, order: list[str]):
@@ -57,9 +57,9 @@ def density_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.Dat
     """Tables 1, 3, 5: the test smooth kNN statistic of p(x), data sets x methods."""
     cells = []
     for title, frame in _by_dataset(selected, order):
-        for method in ("iwae", "lin", "vae"):
+        for method in TABLE_METHOD_ORDER:
             rows = frame[frame["method"] == method]
-            cells.append(_cell(name, title, METHOD_TITLES[method], rows["knn_test"]))
+            cells.append(cell(name, title, METHOD_TITLES[method], rows["knn_test"]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
@@ -69,10 +69,10 @@ def cohort_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.Data
     for title, frame in _by_dataset(selected, order):
         cohort_columns = sorted((c for c in frame.columns if re.fullmatch(r"knn_cohort_test_\d+", c)
                                  and frame[c].notna().any()), key=lambda c: int(c.rsplit("_", 1)[1]))
-        for method in ("iwae", "lin", "vae"):
+        for method in TABLE_METHOD_ORDER:
             rows = frame[frame["method"] == method]
             for i, column in enumerate(cohort_columns):
-                cells.append(_cell(name, title, f"{METHOD_TITLES[method]} cohort {i + 1}", rows[column]))
+                cells.append(cell(name, title, f"{METHOD_TITLES[method]} cohort {i + 1}", rows[column]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
@@ -96,19 +96,19 @@ def table2(selected: pd.DataFrame) -> pd.DataFrame:
                 for k in sorted(selected["latent_dim"].unique()):
                     rows = selected[(selected["method"] == method) & (selected["dataset"] == dataset)
                                     & (selected["latent_dim"] == k)]
-                    name = f"{TITLES[dataset.removesuffix('-5d')]} K={k}"
-                    cells.append(_cell("table2", f"{METHOD_TITLES[method]} {label}", name, rows[column]))
+                    name = f"{DATASET_TITLES[dataset.removesuffix('-5d')]} K={k}"
+                    cells.append(cell("table2", f"{METHOD_TITLES[method]} {label}", name, rows[column]))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
 def theorem2(unsupervised: pd.DataFrame, noise: pd.DataFrame, dataset: str) -> pd.DataFrame:
     fixed = unsupervised[(unsupervised["dataset"] == dataset) & (unsupervised["method"] == "vae")]
-    title = TITLES[dataset]
+    title = DATASET_TITLES[dataset]
     cells = [
-        _cell("theorem2", "sigma^2 by eq. 5 for the best fixed-sigma^2 VAE", title,
+        cell("theorem2", "sigma^2 by eq. 5 for the best fixed-sigma^2 VAE", title,
               fixed["sigma2_closed_form_mean"]),
-        _cell("theorem2", "sigma^2 learned jointly with (theta, phi)", title, noise["sigma2_mean"]),
-        _cell("theorem2", "sigma^2 by eq. 5 for the best jointly trained VAE", title,
+        cell("theorem2", "sigma^2 learned jointly with (theta, phi)", title, noise["sigma2_mean"]),
+        cell("theorem2", "sigma^2 by eq. 5 for the best jointly trained VAE", title,
               noise["sigma2_closed_form_mean"]),
     ]
     return pd.DataFrame(cells, columns=COLUMNS)
@@ -188,8 +188,7 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
                       "Rows marked [$q(z|x,y)$] use Kingma et al.'s $q(z|x,y)$ in the unlabelled bound; the others "
                       "the paper's $q(z|x)$ (eq. 30, 32). ")
                    + f"Grey: the paper's Table {name[-1]}.")
-    heading = "The paper's section 2.2 (Theorem 2)" if name == "theorem2" else f"The paper's Table {name[-1]}"
-    caption = f"\\textbf{{{heading}.}} {caption}"
+    caption = f"\\textbf{{{TABLES[name].heading}.}} {caption}"
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out_csv, cells.to_csv(index=False).encode())
     write_bytes(Path(out_csv).with_suffix(".tex"), to_latex(cells, caption, f"tab:{name}").encode())

@@ -31,6 +31,7 @@ REPORT_SIGKILL = ("trap 'if [ $? -eq 137 ]; then echo \"the job was killed by SI
 shell.prefix(f"set -euo pipefail; {REPORT_SIGKILL}{PYTHON_ON_PATH}export PYTHONPATH={shell_word(SRC)}; ")
 shell.suffix("; :")  # bash then waits for the job instead of becoming it (exec), so the trap runs
 
+from vaefail import catalogue
 from vaefail import config as vconfig
 from vaefail import files
 from vaefail import grid
@@ -58,7 +59,6 @@ except (vconfig.ConfigError, files.ResultReadError) as error:
 
 DEVICE = vconfig.resolve_device(config.get("device", "auto"))
 GPU = 1 if DEVICE == "cuda" else 0
-GPU_RULES = ("gt_encoders", "train", "train_semisupervised", "train_uci")
 REDRAW = str(config.get("redraw", False)).lower() == "true"  # --config passes text
 VERSIONS = range(SETTINGS["versions"])  # of the unsupervised data sets; UCI splits: uci_splits
 # the dataset rule draws as many versions as any synthetic experiment needs
@@ -70,7 +70,7 @@ CONDA_ENV = "../../envs/vaefail.yaml"  # relative to the rule files
 onstart:
     # A local run that trains on the GPU stops here, before any job, if torch sees none.
     # Not for a cluster: the login node that submits the jobs need not have a GPU.
-    if GPU and workflow.local_exec and any(j.rule.name in GPU_RULES for j in workflow.dag.needrun_jobs()):
+    if GPU and workflow.local_exec and any(j.rule.name in catalogue.GPU_RULES for j in workflow.dag.needrun_jobs()):
         try:
             vconfig.require_cuda(config.get("device", "auto"))
         except vconfig.ConfigError as error:
@@ -141,31 +141,28 @@ def ss_version0_runs(dataset, methods):
             if "/v0/" in stem]
 
 
-SS_PANELS = [
-    out(f"figures/ss-panels/{dataset}-{method}.pdf")
-    for dataset in SETTINGS["ss_datasets"]
-    for method in grid.METHODS
-]
-SS_FIGURES = ([out("figures/figure2.pdf")] if "discrete-semicircle" in SETTINGS["ss_datasets"] else []) + SS_PANELS
-FIGURE_PANELS = [
-    out(f"figures/panels/{dataset}-{method}.pdf")
-    for dataset in SETTINGS["unsupervised_datasets"]
-    for method in grid.METHODS
-]
-LATENT_FIGURES = [
-    out(f"figures/latent/{dataset}.pdf") for dataset in grid.experiment_datasets(SETTINGS, "latent")
-]
-TABLES = [out(f"tables/{name}.csv")
-          for name in ("table1", "table2", "theorem2", "table3", "table4", "table5", "table6")]
-# measurements behind the claims the paper makes with figures (vaefail.figure_claims) and in
-# appendix F's text (vaefail.appendix_f)
-DISENTANGLEMENT_TABLE = out("tables/disentanglement.csv")
-# appendix K: how much noise each projection removes, attacks on it, and Figure 5
-APPENDIX_K_TABLES = [out("tables/appendix_k_denoising.csv"), out("tables/appendix_k_attack.csv")]
-CLAIM_TABLES = [out("tables/theorem1.csv"), out("tables/separation.csv"), DISENTANGLEMENT_TABLE,
-                *APPENDIX_K_TABLES]
-CLAIMS = out("tables/claims.csv")
-FIGURES = [out("figures/figure1.pdf"), *FIGURE_PANELS, *LATENT_FIGURES, *SS_FIGURES, out("figures/figure5.pdf")]
+def table_files(names):
+    return [out(catalogue.table_path(name)) for name in names]
+
+
+def figure_files(stems):
+    """The PDF of each figure (its PNG is made beside it)."""
+    return [out(f"{stem}.pdf") for stem in stems]
+
+
+SS_PANELS = figure_files(catalogue.ss_panel_figure(d, m) for d in SETTINGS["ss_datasets"] for m in grid.METHODS)
+SS_FIGURES = figure_files([catalogue.FIGURE2] if catalogue.FIGURE2_DATASET in SETTINGS["ss_datasets"] else []) + SS_PANELS
+FIGURE_PANELS = figure_files(
+    catalogue.panel_figure(d, m) for d in SETTINGS["unsupervised_datasets"] for m in grid.METHODS
+)
+LATENT_FIGURES = figure_files(catalogue.latent_figure(d) for d in grid.experiment_datasets(SETTINGS, "latent"))
+TABLES = table_files(catalogue.TABLES)
+DISENTANGLEMENT_TABLE = out(catalogue.table_path(catalogue.DISENTANGLEMENT_TABLE))
+APPENDIX_K_TABLES = table_files(catalogue.APPENDIX_K_TABLES)
+CLAIM_TABLES = table_files(catalogue.CLAIM_TABLES)
+CLAIMS = out(catalogue.table_path(catalogue.CLAIMS_TABLE))
+FIGURES = [*figure_files([catalogue.FIGURE1]), *FIGURE_PANELS, *LATENT_FIGURES, *SS_FIGURES,
+           *figure_files([catalogue.FIGURE5])]
 RECORD = [out("record/runtimes.csv"), out("record/provenance.json")]
 PAPER_TARGETS = [out("paper.pdf"), *TABLES, *CLAIM_TABLES, CLAIMS, *FIGURES, *RECORD]
 # Every per-restart result, asked for by the targets: Snakemake reruns the job of one

@@ -8,8 +8,8 @@ rule select:
         # read too (each checked whole): a changed weights file reruns selection, which names it
         weights=lambda w: run_files(w.experiment, ".pt"),
     output:
-        selected=out("selected/{experiment}.csv"),
-        all_runs=out("selected/{experiment}-all-restarts.csv"),
+        selected=out(catalogue.selected_path("{experiment}")),
+        all_runs=out(catalogue.all_restarts_path("{experiment}")),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
     log:

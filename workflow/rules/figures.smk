@@ -4,14 +4,14 @@
 rule figure_panels:
     input:
         settings=SETTINGS_JSON,
-        selected=out("selected/unsupervised.csv"),
+        selected=out(catalogue.selected_path("unsupervised")),
         weights=panel_runs,
         surrogate=surrogate_of,
         data=out(grid.data_path("{dataset}", 0)),
     output:
-        pdf=out("figures/panels/{dataset}-{method}.pdf"),
+        pdf=out(catalogue.panel_figure("{dataset}", "{method}", ".pdf")),
         png=report(
-            out("figures/panels/{dataset}-{method}.png"),
+            out(catalogue.panel_figure("{dataset}", "{method}", ".png")),
             caption="../report/panels.rst",
             category="Unsupervised figures",
             subcategory="{dataset}",
@@ -31,14 +31,14 @@ rule figure_panels:
 rule figure1:
     input:
         settings=SETTINGS_JSON,
-        selected=out("selected/unsupervised.csv"),
+        selected=out(catalogue.selected_path("unsupervised")),
         weights=run_files("unsupervised", ".pt"),
         surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"]],
         data=[out(grid.data_path(d, 0)) for d in SETTINGS["unsupervised_datasets"]],
     output:
-        pdf=out("figures/figure1.pdf"),
+        pdf=out(f"{catalogue.FIGURE1}.pdf"),
         png=report(
-            out("figures/figure1.png"),
+            out(f"{catalogue.FIGURE1}.png"),
             caption="../report/figure1.rst",
             category="Unsupervised figures",
         ),
@@ -57,14 +57,14 @@ rule figure1:
 rule figure_latent:
     input:
         settings=SETTINGS_JSON,
-        selected=out("selected/latent.csv"),
+        selected=out(catalogue.selected_path("latent")),
         weights=run_files("latent", ".pt"),
         surrogate=surrogate_of,
         data=out(grid.data_path("{dataset}", 0)),
     output:
-        pdf=out("figures/latent/{dataset}.pdf"),
+        pdf=out(catalogue.latent_figure("{dataset}", ".pdf")),
         png=report(
-            out("figures/latent/{dataset}.png"),
+            out(catalogue.latent_figure("{dataset}", ".png")),
             caption="../report/latent.rst",
             category="Latent-dimension figures",
             subcategory="{dataset}",
@@ -84,14 +84,14 @@ rule figure_latent:
 rule figure2:
     input:
         settings=SETTINGS_JSON,
-        selected=out("selected/semisupervised.csv"),
-        weights=ss_version0_runs("discrete-semicircle", ("vae", "iwae")),
-        surrogate=out(grid.surrogate_path("discrete-semicircle")),
-        data=out(grid.data_path("discrete-semicircle", 0)),
+        selected=out(catalogue.selected_path("semisupervised")),
+        weights=ss_version0_runs(catalogue.FIGURE2_DATASET, ("vae", "iwae")),
+        surrogate=out(grid.surrogate_path(catalogue.FIGURE2_DATASET)),
+        data=out(grid.data_path(catalogue.FIGURE2_DATASET, 0)),
     output:
-        pdf=out("figures/figure2.pdf"),
+        pdf=out(f"{catalogue.FIGURE2}.pdf"),
         png=report(
-            out("figures/figure2.png"),
+            out(f"{catalogue.FIGURE2}.png"),
             caption="../report/figure2.rst",
             category="Semi-supervised figures",
         ),
@@ -110,14 +110,14 @@ rule figure2:
 rule figure_ss_panels:
     input:
         settings=SETTINGS_JSON,
-        selected=out("selected/semisupervised.csv"),
+        selected=out(catalogue.selected_path("semisupervised")),
         weights=lambda w: ss_version0_runs(w.dataset, (w.method,)),
         surrogate=surrogate_of,
         data=out(grid.data_path("{dataset}", 0)),
     output:
-        pdf=out("figures/ss-panels/{dataset}-{method}.pdf"),
+        pdf=out(catalogue.ss_panel_figure("{dataset}", "{method}", ".pdf")),
         png=report(
-            out("figures/ss-panels/{dataset}-{method}.png"),
+            out(catalogue.ss_panel_figure("{dataset}", "{method}", ".png")),
             caption="../report/ss_panels.rst",
             category="Semi-supervised figures",
             subcategory="{dataset}",

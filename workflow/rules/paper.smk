@@ -7,7 +7,7 @@ rule paper:
         sources=sorted(str(p) for p in Path(workflow.basedir, "paper").glob("*.tex")),
         tables=TABLES + CLAIM_TABLES,
         claims=CLAIMS,
-        all_restarts=[out(f"selected/{e}-all-restarts.csv") for e in grid.EXPERIMENTS],
+        all_restarts=[out(catalogue.all_restarts_path(e)) for e in grid.EXPERIMENTS],
         figures=FIGURES,
         record=RECORD,
     output:

@@ -2,28 +2,17 @@
 # measurements behind the claims the paper makes with figures and in appendix F (disentanglement);
 # the claims table.
 
-TABLE_INPUTS = {
-    "table1": ["unsupervised"],
-    "table2": ["latent"],
-    "theorem2": ["unsupervised", "noise"],
-    "table3": ["semisupervised"],
-    "table4": ["semisupervised"],
-    "table5": ["uci"],
-    "table6": ["uci"],
-}
-
-
 rule table:
     input:
         settings=SETTINGS_JSON,
-        selected=lambda w: [out(f"selected/{e}.csv") for e in TABLE_INPUTS[w.table]],
+        selected=lambda w: [out(catalogue.selected_path(e)) for e in catalogue.TABLES[w.table].experiments],
     output:
         csv=report(
-            out("tables/{table}.csv"), caption="../report/table.rst", category="Tables"
+            out(catalogue.table_path("{table}")), caption="../report/table.rst", category="Tables"
         ),
-        tex=out("tables/{table}.tex"),
+        tex=out(catalogue.table_path("{table}", ".tex")),
     wildcard_constraints:
-        table="|".join(TABLE_INPUTS),
+        table="|".join(catalogue.TABLES),
     log:
         out("logs/tables/{table}.log"),
     conda:
@@ -36,12 +25,12 @@ rule table:
 rule disentanglement_table:
     input:
         settings=SETTINGS_JSON,
-        all_runs=out("selected/disentangle-all-restarts.csv"),
+        all_runs=out(catalogue.all_restarts_path("disentangle")),
         weights=run_files("disentangle", ".pt"),
         data=[out(grid.data_path(grid.LINEAR_GAUSSIAN, v)) for v in range(grid.n_versions(SETTINGS, "disentangle"))],
     output:
         csv=report(DISENTANGLEMENT_TABLE, caption="../report/disentanglement.rst", category="Claims"),
-        tex=out("tables/disentanglement.tex"),
+        tex=out(catalogue.table_path(catalogue.DISENTANGLEMENT_TABLE, ".tex")),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
     log:
@@ -56,15 +45,15 @@ rule disentanglement_table:
 rule figure_claims:
     input:
         settings=SETTINGS_JSON,
-        selected=[out("selected/unsupervised.csv"), out("selected/semisupervised.csv")],
+        selected=[out(catalogue.selected_path(e)) for e in ("unsupervised", "semisupervised")],
         weights=[*run_files("unsupervised", ".pt"), *run_files("semisupervised", ".pt")],
         results=run_files("semisupervised", ".json"),
         surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"] + SETTINGS["ss_datasets"]],
         data=[out(grid.data_path(d, v)) for d in SETTINGS["unsupervised_datasets"] for v in VERSIONS],
     output:
-        theorem1=report(out("tables/theorem1.csv"), caption="../report/theorem1.rst", category="Claims"),
-        separation=report(out("tables/separation.csv"), caption="../report/separation.rst", category="Claims"),
-        separation_restarts=out("tables/separation-restarts.csv"),
+        theorem1=report(out(catalogue.table_path("theorem1")), caption="../report/theorem1.rst", category="Claims"),
+        separation=report(out(catalogue.table_path("separation")), caption="../report/separation.rst", category="Claims"),
+        separation_restarts=out(catalogue.table_path("separation-restarts")),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
     log:
@@ -82,7 +71,7 @@ rule claims:
         settings=SETTINGS_JSON,
         tables=TABLES + CLAIM_TABLES,
     output:
-        report(out("tables/claims.csv"), caption="../report/claims.rst", category="Claims"),
+        report(CLAIMS, caption="../report/claims.rst", category="Claims"),
     log:
         out("logs/tables/claims.log"),
     conda:
@@ -96,11 +85,11 @@ rule appendix_k:
         [out(path) for path in grid.appendix_k_inputs(SETTINGS)],
         settings=SETTINGS_JSON,
     output:
-        denoising=report(out("tables/appendix_k_denoising.csv"), caption="../report/appendix_k.rst", category="Claims"),
-        attack=report(out("tables/appendix_k_attack.csv"), caption="../report/appendix_k.rst", category="Claims"),
-        tex=[out("tables/appendix_k_denoising.tex"), out("tables/appendix_k_attack.tex")],
-        pdf=out("figures/figure5.pdf"),
-        png=report(out("figures/figure5.png"), caption="../report/figure5.rst", category="Claims"),
+        denoising=report(APPENDIX_K_TABLES[0], caption="../report/appendix_k.rst", category="Claims"),
+        attack=report(APPENDIX_K_TABLES[1], caption="../report/appendix_k.rst", category="Claims"),
+        tex=[out(catalogue.table_path(name, ".tex")) for name in catalogue.APPENDIX_K_TABLES],
+        pdf=out(f"{catalogue.FIGURE5}.pdf"),
+        png=report(out(f"{catalogue.FIGURE5}.png"), caption="../report/figure5.rst", category="Claims"),
     params:
         outdir=lambda w, input: os.path.dirname(input.settings),
         stem=lambda w, output: output.pdf.removesuffix(".pdf"),

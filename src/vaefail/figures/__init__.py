@@ -9,7 +9,8 @@ matplotlib.use("Agg")   # before pyplot is first imported (by the modules below)
 from .semisupervised import draw_figure2, draw_ss_panels  # noqa: E402
 from .unsupervised import draw_figure1, draw_latent, draw_panels  # noqa: E402
 
-# kind -> (draw function, what it needs besides the settings and folders)
+# kind -> (draw function, what it needs besides the settings and folders); the kinds are
+# catalogue.FIGURE_KINDS
 _FIGURES = {
     "panels": (draw_panels, ("dataset", "method")),
     "figure1": (draw_figure1, ()),

@@ -14,7 +14,8 @@ import torch
 
 from .. import grid
 from .. import posteriors as P
-from ..datasets import TITLES, example
+from ..catalogue import DATASET_TITLES, method_legend, selected_path
+from ..datasets import example
 from ..ensembles import load_member
 from ..files import read_csv, write_bytes
 from ..randomness import derive_seed
@@ -55,20 +56,16 @@ class Selected:
 
     def describe(self, short: bool = False) -> str:
         if self.row is None:
-            return f"{method_label(self.method)}: {self.note}"
+            return f"{method_legend(self.method)}: {self.note}"
         r = self.row
         where = f"v{VERSION} r{int(r['restart'])} ({r['init']} init)" if short else \
             f"version {VERSION}, restart {int(r['restart'])} ({r['init']} init)"
-        return f"{method_label(self.method)} [{r['setting']}], {where}"
-
-
-def method_label(method: str) -> str:
-    return {"vae": "VAE", "lin": "VAE + LIN", "iwae": "IWAE"}.get(method, method)
+        return f"{method_legend(self.method)} [{r['setting']}], {where}"
 
 
 def dataset_title(dataset: str) -> str:
     ex = example(dataset)
-    return TITLES.get(ex.base, ex.base) + (" (embedded in 5-D)" if ex.embedded else "")
+    return DATASET_TITLES.get(ex.base, ex.base) + (" (embedded in 5-D)" if ex.embedded else "")
 
 
 def fmt_sigma2(values) -> str:
@@ -79,7 +76,7 @@ def fmt_sigma2(values) -> str:
 
 
 def read_selected(outdir: str | Path, experiment: str) -> pd.DataFrame:
-    path = Path(outdir) / "selected" / f"{experiment}.csv"
+    path = Path(outdir) / selected_path(experiment)
     try:
         return read_csv(path)
     except (FileNotFoundError, pd.errors.EmptyDataError):

@@ -38,6 +38,7 @@ import torch
 
 from .. import grid
 from .. import posteriors as P
+from ..catalogue import FIGURE2_DATASET, method_legend
 from ..data_files import dataset_labels
 from ..datasets import example
 from ..files import load_npz
@@ -61,14 +62,12 @@ from .common import (
     load_selected,
     mark_points,
     marker_size,
-    method_label,
     point_label,
     read_selected,
     save,
 )
 
 EXPERIMENT = "semisupervised"
-FIGURE2_DATASET = "discrete-semicircle"
 POINT_QUANTILES = (0.05, 0.27, 0.5, 0.73, 0.95)    # test points at these quantiles of their angle
 CONTINUOUS_CURVE_LABELS = (-3.5, -1.0, 0.0, 1.0, 3.5)
 GRID_2D = (-4.5, 4.5, 481)                          # (y, z) grid of continuous-label posteriors
@@ -115,12 +114,12 @@ def load_ss_truth(outdir: str | Path, dataset: str) -> SSTruth:
 def describe(sel: Selected, short: bool = False) -> str:
     """method [setting], alpha, gamma, version, restart (init) of a selected model."""
     if sel.row is None:
-        return f"{method_label(sel.method)}: {sel.note}"
+        return f"{method_legend(sel.method)}: {sel.note}"
     r = sel.row
     weights = f"$\\alpha$ = {float(r['alpha']):g}, $\\gamma$ = {float(r['gamma']):g}"
     where = (f"v{VERSION} r{int(r['restart'])} ({r['init']} init)" if short
              else f"version {VERSION}, restart {int(r['restart'])} ({r['init']} init)")
-    return f"{method_label(sel.method)} [{r['setting']}], {weights}, {where}"
+    return f"{method_legend(sel.method)} [{r['setting']}], {weights}, {where}"
 
 
 def metrics_text(sel: Selected) -> str:
@@ -327,7 +326,7 @@ def draw_ss_panels(settings: dict, outdir: str, out: str, dataset: str, method: 
     axes_c = np.atleast_1d(sub_c.subplots(1, n_cohorts, sharex=True, sharey=True))
     xlim, ylim = data_limits(np.concatenate([truth.x, *truth.cohorts]))
     noise = figure_noise(settings, "ss-panels", dataset, method)
-    name = method_label(method)
+    name = method_legend(method)
 
     # (a) true vs learned p(x)
     xs = m2_samples(sel.model, len(truth.x), noise)[0].numpy() if sel.ok else None
@@ -407,7 +406,7 @@ def draw_figure2(settings: dict, outdir: str, out: str) -> None:
         draw_f_column(rows[:, 0], truth, truth.decoder, "(a) ground truth $f(y, z)$")
         for col, (letter, method) in enumerate((("b", "vae"), ("c", "iwae")), start=1):
             sel = load_selected(outdir, table, EXPERIMENT, FIGURE2_DATASET, method, unlabelled_posterior=variant)
-            title = f"({letter}) {describe(sel, short=True) if sel.row is not None else method_label(method)}"
+            title = f"({letter}) {describe(sel, short=True) if sel.row is not None else method_legend(method)}"
             title = f"{VARIANT_LABELS[variant]}: " + title.replace(", v", ",\nv")
             draw_f_column(rows[:, col], truth, P.m2_decoder(sel.model) if sel.ok else None, title,
                           sel.note, ylabels=False)

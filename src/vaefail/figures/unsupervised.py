@@ -22,6 +22,7 @@ from matplotlib.collections import LineCollection
 
 from .. import grid
 from .. import posteriors as P
+from ..catalogue import method_legend
 from ..datasets import example
 from ..files import load_npz
 from ..sampling import vae_samples
@@ -42,7 +43,6 @@ from .common import (
     load_selected,
     mark_points,
     marker_size,
-    method_label,
     point_label,
     read_selected,
     save,
@@ -132,7 +132,7 @@ def draw_panels(settings: dict, outdir: str, out: str, dataset: str, method: str
     if sel.ok:
         xs = vae_samples(sel.model, len(truth.x), figure_noise(settings, "panels", dataset, method))[0].numpy()
         ax_a.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.45, color=SAMPLE_COLOUR, linewidths=0,
-                     label=f"{method_label(method)} samples")
+                     label=f"{method_legend(method)} samples")
         lc = coloured_curve(ax_a, f_learned, zc.numpy())
         top.colorbar(lc, ax=ax_a, label="z of learned $f_\\theta(z)$", shrink=0.6, pad=0.01)
     ax_a.plot(*f_true[:, :2].T, "k--", lw=0.9, label="true $f(z)$", zorder=4)
@@ -228,14 +228,14 @@ def draw_figure1(settings: dict, outdir: str, out: str) -> None:
             ax = axes[r, c]
             sel = load_selected(outdir, table, "unsupervised", name, method, latent_dim=1)
             if not sel.ok:
-                ax.set_title(f"{dataset_title(name)}: {method_label(method)}")
+                ax.set_title(f"{dataset_title(name)}: {method_legend(method)}")
                 empty_panel(ax, sel.note)
                 continue
             xs = vae_samples(sel.model, len(truth.x), figure_noise(settings, "figure1", name, method))[0].numpy()
             ax.scatter(*xs[:, :2].T, s=marker_size(len(truth.x)), alpha=0.5, color=SAMPLE_COLOUR, linewidths=0)
             knn = f"smooth-kNN (test) = {sel.row['knn_test']:.3g}" if "knn_test" in sel.row else ""
             r_ = sel.row
-            ax.set_title(f"{dataset_title(name)}: {method_label(method)} [{r_['setting']}] samples\n"
+            ax.set_title(f"{dataset_title(name)}: {method_legend(method)} [{r_['setting']}] samples\n"
                          f"version {VERSION}, restart {int(r_['restart'])} ({r_['init']} init)\n{knn}")
         for ax in axes[r]:
             if ax.has_data():
