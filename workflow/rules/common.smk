@@ -150,6 +150,13 @@ def figure_files(stems):
     return [out(f"{stem}.pdf") for stem in stems]
 
 
+def figure_params():
+    """Params shared by the figure rules -- the output folder (of the settings record) and the
+    output path without extension (of the PDF; the PNG is written beside it)."""
+    return {"outdir": lambda w, input: os.path.dirname(input.settings),
+            "stem": lambda w, output: output.pdf.removesuffix(".pdf")}
+
+
 SS_PANELS = figure_files(catalogue.ss_panel_figure(d, m) for d in SETTINGS["ss_datasets"] for m in grid.METHODS)
 SS_FIGURES = figure_files([catalogue.FIGURE2] if catalogue.FIGURE2_DATASET in SETTINGS["ss_datasets"] else []) + SS_PANELS
 FIGURE_PANELS = figure_files(

@@ -17,8 +17,7 @@ rule figure_panels:
             subcategory="{dataset}",
         ),
     params:
-        outdir=lambda w, input: os.path.dirname(input.settings),
-        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+        **figure_params(),
     log:
         out("logs/figures/panels-{dataset}-{method}.log"),
     conda:
@@ -43,8 +42,7 @@ rule figure1:
             category="Unsupervised figures",
         ),
     params:
-        outdir=lambda w, input: os.path.dirname(input.settings),
-        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+        **figure_params(),
     log:
         out("logs/figures/figure1.log"),
     conda:
@@ -70,8 +68,7 @@ rule figure_latent:
             subcategory="{dataset}",
         ),
     params:
-        outdir=lambda w, input: os.path.dirname(input.settings),
-        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+        **figure_params(),
     log:
         out("logs/figures/latent-{dataset}.log"),
     conda:
@@ -96,8 +93,7 @@ rule figure2:
             category="Semi-supervised figures",
         ),
     params:
-        outdir=lambda w, input: os.path.dirname(input.settings),
-        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+        **figure_params(),
     log:
         out("logs/figures/figure2.log"),
     conda:
@@ -123,8 +119,7 @@ rule figure_ss_panels:
             subcategory="{dataset}",
         ),
     params:
-        outdir=lambda w, input: os.path.dirname(input.settings),
-        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+        **figure_params(),
     log:
         out("logs/figures/ss-panels-{dataset}-{method}.log"),
     conda:

@@ -91,8 +91,7 @@ rule appendix_k:
         pdf=out(f"{catalogue.FIGURE5}.pdf"),
         png=report(out(f"{catalogue.FIGURE5}.png"), caption="../report/figure5.rst", category="Claims"),
     params:
-        outdir=lambda w, input: os.path.dirname(input.settings),
-        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+        **figure_params(),
     log:
         out("logs/tables/appendix_k.log"),
     threads: 1

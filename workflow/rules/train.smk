@@ -32,54 +32,39 @@ rule train:
         "--out-stems {params.stems:q} --device {params.device:q} --threads {threads} --log {log:q}"
 
 
-rule train_semisupervised:
-    input:
-        settings=SETTINGS_JSON,
-        surrogate=surrogate_of,
-        data=data_of,
-    output:
-        results=job_outputs(".json", "semisupervised", "semisupervised"),
-        weights=job_outputs(".pt", "semisupervised", "semisupervised"),
-    params:
-        stems=lambda w, output: [p.removesuffix(".json") for p in output.results],
-        device=DEVICE,
-    log:
-        out("logs/train/semisupervised/{dataset}/{setting}.log"),
-    benchmark:
-        out("benchmarks/train/semisupervised/{dataset}/{setting}.tsv")
-    threads: 1
-    resources:
-        gpu=GPU,
-    conda:
-        CONDA_ENV
-    shell:
-        "python -m vaefail train-ss --settings {input.settings:q} --experiment semisupervised "
-        "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} --surrogate {input.surrogate:q} "
-        "--data {input.data:q} --out-stems {params.stems:q} --device {params.device:q} --threads {threads} "
-        "--log {log:q}"
+# M2: one rule per semi-supervised experiment (catalogue.TRAINING_RULES names them), defined
+# once here.  Not one rule with an {experiment} wildcard: a rule's outputs are fixed patterns,
+# and the two experiments' jobs write different sets of files (UCI members also differ in
+# sigma^2; the experiments have their own versions and restarts).  The loop's variable
+# reaches the command as a param: Snakemake evaluates a shell expression again when the job
+# runs, after the loop has ended.
+for ss_experiment in grid.SEMI_SUPERVISED_EXPERIMENTS:
 
-
-rule train_uci:
-    input:
-        settings=SETTINGS_JSON,
-        data=data_of,
-    output:
-        results=job_outputs(".json", "uci", "uci"),
-        weights=job_outputs(".pt", "uci", "uci"),
-    params:
-        stems=lambda w, output: [p.removesuffix(".json") for p in output.results],
-        device=DEVICE,
-    log:
-        out("logs/train/uci/{dataset}/{setting}.log"),
-    benchmark:
-        out("benchmarks/train/uci/{dataset}/{setting}.tsv")
-    threads: 1
-    resources:
-        gpu=GPU,
-    conda:
-        CONDA_ENV
-    shell:
-        "python -m vaefail train-ss --settings {input.settings:q} --experiment uci "
-        "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} --surrogate none "
-        "--data {input.data:q} --out-stems {params.stems:q} --device {params.device:q} --threads {threads} "
-        "--log {log:q}"
+    rule:
+        name:
+            catalogue.TRAINING_RULES[ss_experiment]
+        input:
+            settings=SETTINGS_JSON,
+            surrogate=[] if ss_experiment == "uci" else surrogate_of,  # real data: no ground truth
+            data=data_of,
+        output:
+            results=job_outputs(".json", ss_experiment, ss_experiment),
+            weights=job_outputs(".pt", ss_experiment, ss_experiment),
+        params:
+            experiment=ss_experiment,
+            stems=lambda w, output: [p.removesuffix(".json") for p in output.results],
+            device=DEVICE,
+        log:
+            out(f"logs/train/{ss_experiment}/{{dataset}}/{{setting}}.log"),
+        benchmark:
+            out(f"benchmarks/train/{ss_experiment}/{{dataset}}/{{setting}}.tsv")
+        threads: 1
+        resources:
+            gpu=GPU,
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m vaefail train-ss --settings {input.settings:q} --experiment {params.experiment:q} "
+            "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} --surrogate {input.surrogate:q} "
+            "--data {input.data:q} --out-stems {params.stems:q} --device {params.device:q} --threads {threads} "
+            "--log {log:q}"
