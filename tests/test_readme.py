@@ -29,3 +29,13 @@ def test_every_setting_is_in_the_readme_table_with_the_presets_values():
         assert yaml.safe_load(paper.strip("`")) == presets["paper"][key], key
         expected_default = presets["paper"][key] if default == "=" else yaml.safe_load(default.strip("`"))
         assert presets["default"][key] == expected_default, key
+
+
+def test_what_is_where_names_every_module_of_the_package():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## What is where", 1)[1].split("\n## ", 1)[0]
+    package = ROOT / "src" / "vaefail"
+    modules = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    modules += [p.name + "/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    missing = [m for m in modules if f"`{m}`" not in section]
+    assert not missing, f"README's 'What is where' does not name {missing}"
