@@ -17,6 +17,7 @@ import torch
 from vaefail import batched_metrics
 from vaefail.batched_metrics import ksg_mutual_information, smooth_knn_statistics
 from vaefail.metrics import ksg_mutual_information as reference_ksg
+from vaefail.metrics import cross_sample_deficit as reference_deficit
 from vaefail.metrics import smooth_knn_statistic as reference_statistic
 
 RELATIVE = 1e-6
@@ -114,6 +115,29 @@ def test_statistic_matches_the_reference(name):
     values = smooth_knn_statistics(torch.tensor(sample_1), torch.tensor(sample_2), k, temperature)
     assert values.dtype == torch.float64 and values.shape == (len(sample_1),)
     assert_matches_reference(values, reference_statistics(sample_1, sample_2, k, temperature))
+
+
+@pytest.mark.parametrize("name", ["2-D, k=3", "curve, 500 vs 400 at 0.01", "lattice, ties at the k-th", "5-D"])
+def test_deficit_matches_the_reference_and_comes_with_the_same_statistic(name):
+    make_samples, k, temperature = STATISTIC_CASES[name]
+    sample_1, sample_2 = make_samples(np.random.default_rng(sorted(STATISTIC_CASES).index(name)))
+    values, deficits = smooth_knn_statistics(torch.tensor(sample_1), torch.tensor(sample_2), k, temperature,
+                                             with_deficit=True)
+    assert_matches_reference(values, reference_statistics(sample_1, sample_2, k, temperature))
+    assert_matches_reference(deficits, [reference_deficit(a, b, k, temperature) for a, b in zip(sample_1, sample_2)])
+
+
+def test_deficit_under_the_null_has_mean_zero_and_is_one_for_separated_samples():
+    """Samples drawn twice from one distribution: the deficit's mean over many draws is the
+    null's, 0, within three standard errors; disjoint samples miss every cross edge: 1."""
+    rng = np.random.default_rng(7)
+    sample_1, sample_2 = (curve(rng, 400, 60, 0.1) for _ in range(2))
+    _, deficits = smooth_knn_statistics(torch.tensor(sample_1), torch.tensor(sample_2), 5, 0.05, with_deficit=True)
+    deficits = deficits.numpy()
+    assert abs(deficits.mean()) < 3 * deficits.std(ddof=1) / math.sqrt(len(deficits)), deficits.mean()
+    far = curve(rng, 2, 60, 0.1) + 100.0
+    _, separated = smooth_knn_statistics(torch.tensor(sample_1[:2]), torch.tensor(far), 5, 0.05, with_deficit=True)
+    np.testing.assert_allclose(separated.numpy(), 1.0, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])

@@ -921,13 +921,25 @@ def _add_inner_terms(
     sums.flip.index_add_(0, member, flips.sum(1))
 
 
+def _null_mean_cross_count(sums: _Sums, n_members: int, n_1: int, n_2: int) -> torch.Tensor:
+    """E[t] under the permutation null: 2 m n_1 n_2 / (n (n - 1)), m the total marginal mass."""
+    n = n_1 + n_2
+    return 2.0 * sums.row.view(n_members, -1).sum(1) * n_1 * n_2 / (n * (n - 1))
+
+
+def _cross_sample_deficits(sums: _Sums, n_members: int, n_1: int, n_2: int) -> torch.Tensor:
+    """1 - t / E_null[t]: the share of the cross-sample neighbour mass expected by chance that
+    is missing (0 under the null, 1 when no neighbour crosses between the samples)."""
+    return 1.0 - sums.cross / _null_mean_cross_count(sums, n_members, n_1, n_2)
+
+
 def _standardised_cross_counts(sums: _Sums, n_members: int, n_1: int, n_2: int) -> torch.Tensor:
     """-(t - mean) / sqrt(1e-5 + var) with the permutation-null moments (as the reference)."""
     n = n_1 + n_2
     row = sums.row.view(n_members, -1)
     column = sums.column.view(n_members, -1)
     total = row.sum(1)
-    null_mean = 2.0 * total * n_1 * n_2 / (n * (n - 1))
+    null_mean = _null_mean_cross_count(sums, n_members, n_1, n_2)
     chi_1 = n_1 * n_2 / (n * (n - 1))
     chi_2 = 4.0 * (n_1 - 1) * (n_2 - 1) / ((n - 2) * (n - 3))
     node_degree_square_sum = ((row + column) ** 2).sum(1)
@@ -949,7 +961,8 @@ def smooth_knn_statistics(
     dtype: torch.dtype = torch.float64,
     block_size: int | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-) -> torch.Tensor:
+    with_deficit: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The smoothed kNN two-sample statistic of each member, (M,) float64.
 
     Member m's value is ``vaefail.metrics.smooth_knn_statistic(sample_1[m], sample_2[m], k,
@@ -970,6 +983,8 @@ def smooth_knn_statistics(
     block_size : tile side, a power of two (default 16 on a CPU, 32 on a GPU).
     memory_budget_bytes : bound on the large temporaries (default 1 GiB): half for the chunk
         workspace, half for the tail marginals a group of members keeps for the flip sum.
+    with_deficit : also return, from the same marginals, the unstandardised statistic
+        ``vaefail.metrics.cross_sample_deficit`` (1 - t / E_null[t]), (M,) float64.
 
     Exactness. As the reference: exact Euclidean distances, and a candidate j of row i is
     dropped only if (d_ij - d_i(k)) / temperature >= 40; the k-subset marginals over all other
@@ -1010,9 +1025,10 @@ def smooth_knn_statistics(
 
     n_members = sample_1.shape[0]
     result = torch.full((n_members,), math.nan, dtype=torch.float64, device=device)
+    deficit = result.clone()
     finite = _finite_members(sample_1, sample_2)
     if not bool(finite.any()):
-        return result
+        return (result, deficit) if with_deficit else result
     good = torch.nonzero(finite).flatten()
     # Coordinates in units of T ln 2: a weight relative to the k-th neighbour is then
     # 2^(d_i(k) - d) (exp2 is several times faster than exp here).
@@ -1024,6 +1040,9 @@ def smooth_knn_statistics(
     workspace = _Workspace(_WORKSPACE_BUFFERS, dtype, device)
     sums = _smooth_knn_sums(blocks, k, workspace, chunk_entries, memory_budget_bytes // 2)
     result[good] = _standardised_cross_counts(sums, good.numel(), n_1, n_2)
+    if with_deficit:
+        deficit[good] = _cross_sample_deficits(sums, good.numel(), n_1, n_2)
+        return result, deficit
     return result
 
 

@@ -31,6 +31,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import digamma
 
 __all__ = [
+    "cross_sample_deficit",
     "smooth_knn_marginals",
     "smooth_knn_statistic",
     "ksg_mutual_information",
@@ -707,6 +708,40 @@ def _standardised_cross_count(sums: _GraphSums, n_1: int, n_2: int) -> float:
     return float(-(sums.cross - null_mean) / np.sqrt(1e-5 + null_variance))
 
 
+def _validated_sums(sample_1, sample_2, k, temperature):
+    sample_1 = _as_point_array("sample_1", sample_1)
+    sample_2 = _as_point_array("sample_2", sample_2)
+    if sample_1.shape[1] != sample_2.shape[1]:
+        raise ValueError(
+            f"sample_1 and sample_2 must have the same number of columns; got "
+            f"sample_1.shape={sample_1.shape}, sample_2.shape={sample_2.shape}"
+        )
+    n_1, n_2 = sample_1.shape[0], sample_2.shape[0]
+    if n_1 + n_2 < 4:
+        raise ValueError(
+            f"sample_1 and sample_2 must hold at least 4 points together; got n_1={n_1}, n_2={n_2}"
+        )
+    points, k, temperature = _validated_knn_arguments(
+        np.concatenate([sample_1, sample_2]), k, temperature, points_name="pooled samples"
+    )
+    return _soft_knn_graph_sums(points, k, temperature, n_1), n_1, n_2
+
+
+def cross_sample_deficit(sample_1, sample_2, k: int, temperature: float) -> float:
+    """The unstandardised smooth kNN statistic: 1 - t / E_null[t].
+
+    t is the soft cross-sample neighbour mass of :func:`smooth_knn_statistic` and
+    E_null[t] = 2 m n_1 n_2 / (n (n - 1)) its mean under the permutation null, so the value is
+    the share of the cross-sample mass expected by chance that is missing: 0 on average when
+    both samples come from one distribution, 1 when no neighbour crosses between them, below 0
+    when the samples mix more than chance.  torch-two-sample's ``compute_t_stat=False`` returns
+    -t itself, whose scale grows with k and n; this is that quantity normalised.
+    """
+    sums, n_1, n_2 = _validated_sums(sample_1, sample_2, k, temperature)
+    n = n_1 + n_2
+    return float(1.0 - sums.cross / (2.0 * sums.total * n_1 * n_2 / (n * (n - 1))))
+
+
 def smooth_knn_statistic(sample_1, sample_2, k: int, temperature: float) -> float:
     """Smoothed kNN two-sample statistic (Djolonga & Krause, 2017), standardised under the null.
 
@@ -741,22 +776,7 @@ def smooth_knn_statistic(sample_1, sample_2, k: int, temperature: float) -> floa
     (temperature above roughly a hundredth of the data's diameter: every pair is evaluated,
     O(n^2 k)), less at small temperatures (kd-tree candidate lists, O(n L k)).
     """
-    sample_1 = _as_point_array("sample_1", sample_1)
-    sample_2 = _as_point_array("sample_2", sample_2)
-    if sample_1.shape[1] != sample_2.shape[1]:
-        raise ValueError(
-            f"sample_1 and sample_2 must have the same number of columns; got "
-            f"sample_1.shape={sample_1.shape}, sample_2.shape={sample_2.shape}"
-        )
-    n_1, n_2 = sample_1.shape[0], sample_2.shape[0]
-    if n_1 + n_2 < 4:
-        raise ValueError(
-            f"sample_1 and sample_2 must hold at least 4 points together; got n_1={n_1}, n_2={n_2}"
-        )
-    points, k, temperature = _validated_knn_arguments(
-        np.concatenate([sample_1, sample_2]), k, temperature, points_name="pooled samples"
-    )
-    sums = _soft_knn_graph_sums(points, k, temperature, n_1)
+    sums, n_1, n_2 = _validated_sums(sample_1, sample_2, k, temperature)
     return _standardised_cross_count(sums, n_1, n_2)
 
 
