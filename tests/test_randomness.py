@@ -6,16 +6,19 @@ import pytest
 import torch
 from scipy import stats
 
+from vaefail import randomness
 from vaefail.randomness import MemberStreams, philox4x32
 
-
-@pytest.mark.parametrize("counter, key, expected", [
+KNOWN_ANSWERS = [
     # Random123's tests/kat_vectors, the three "philox4x32 10" lines
     ([0, 0, 0, 0], [0, 0], [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
     ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
     ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
      [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
-])
+]
+
+
+@pytest.mark.parametrize("counter, key, expected", KNOWN_ANSWERS)
 def test_philox_matches_the_known_answers_of_random123(counter, key, expected):
     out = philox4x32([torch.tensor([c]) for c in counter], [torch.tensor([k]) for k in key])
     assert [int(w) for w in out] == expected
@@ -100,3 +103,119 @@ def test_a_slice_of_a_stream_drawn_on_its_own_equals_the_slice_of_the_whole(offs
                        whole_normal[:, offset:offset + n])
     assert torch.equal(streams.uniform("eval", (2,), (n,), torch.float64, offset=offset),
                        whole_uniform[:, offset:offset + n])
+
+
+# --- the compiled path (torch.compile) gives the eager path's bits ---------------------------
+@pytest.fixture
+def fresh_backend(monkeypatch):
+    """A backend of its own for the test (no compiled kernels, no failure), restored after."""
+    backend = randomness._Backend()
+    monkeypatch.setattr(randomness, "_backend", backend)
+    return backend
+
+
+def _compiled_or_skip():
+    if randomness._backend.failed:
+        pytest.skip("torch.compile is not available here (the eager path was used)")
+
+
+@pytest.mark.parametrize("counter, key, expected", KNOWN_ANSWERS)
+def test_the_fused_philox_kernel_matches_the_known_answers_eagerly_and_compiled(counter, key, expected):
+    keys = randomness.round_keys(torch.tensor([key]))
+    position = counter[0] | (counter[1] << 32)          # the block number: int64 bits, so maybe < 0
+    position = torch.tensor([position - 2 ** 64 if position >= 2 ** 63 else position])
+    stream = torch.tensor(counter[2:])
+    assert [int(w) for w in randomness._philox_blocks(keys, position, stream)] == expected
+    out = randomness._backend.run_blocks(randomness._philox_blocks, keys, position, stream)
+    _compiled_or_skip()
+    assert [int(w) for w in out] == expected
+
+
+def test_compiled_and_eager_draws_are_the_same_bits():
+    streams = MemberStreams([1, 2 ** 64 - 1, 12345])
+    requests = [("normal", ("noise", (4,), (100, 20, 1), torch.float32)),
+                ("normal", ("noise", (4, 1), (40_001,), torch.float64, 3)),      # compiled products too
+                ("normal", ("noise", (5,), (1,), torch.float32, 7)),
+                ("uniform", ("init", (), (999,), torch.float64, 1)),
+                ("randint", ("labels", (), 7, (301,))),
+                ("permutation", ("shuffle", (0,), 5000)),
+                ("permutation", ("shuffle", (1,), 1)),
+                ("permutation", ("shuffle", (2,), 4501))]
+    for rows in ([0, 1, 2], [1]):
+        sub = streams[rows]
+        with randomness.backend("eager"):
+            eager = [getattr(sub, name)(*args) for name, args in requests]
+        with randomness.backend("compiled"):
+            compiled = [getattr(sub, name)(*args) for name, args in requests]
+        _compiled_or_skip()
+        for (name, args), a, b in zip(requests, eager, compiled):
+            assert a.dtype == b.dtype and torch.equal(a, b), (name, args, rows)
+
+
+def test_new_shapes_do_not_recompile_the_kernels():
+    from torch._dynamo.utils import counters
+    with randomness.backend("compiled"):
+        def draw_all(members, n):
+            streams = MemberStreams(range(members))
+            streams.normal("noise", (n,), (n, 3), torch.float32)
+            streams.normal("noise", (n,), (20_000 + n,), torch.float32)
+            streams.uniform("init", (n,), (n,), torch.float64)
+            streams.permutation("shuffle", (n,), n)
+        draw_all(4, 10)
+        _compiled_or_skip()
+        before = counters["stats"]["unique_graphs"]
+        for members, n in [(1, 1), (2, 2), (20, 20), (7, 333), (1, 4096), (50, 3)]:
+            draw_all(members, n)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_a_failed_compile_falls_back_to_the_eager_path(fresh_backend, monkeypatch, caplog):
+    streams = MemberStreams([3, 4])
+    expected = streams.normal("noise", (0,), (50,)), streams.permutation("shuffle", (0,), 77)
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fresh_backend.set("compiled")
+    got = streams.normal("noise", (0,), (50,)), streams.permutation("shuffle", (0,), 77)
+    assert fresh_backend.failed and "no C++ compiler" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_auto_compiles_once_enough_blocks_were_drawn_eagerly(fresh_backend, monkeypatch):
+    monkeypatch.setattr(randomness, "COMPILE_AFTER_BLOCKS", 100)
+    cpu = torch.device("cpu")
+    assert [fresh_backend.wants_compiled(cpu, 60) for _ in range(3)] == [False, False, True]
+    assert not fresh_backend.wants_compiled(torch.device("meta"), 10)   # other devices: eager
+    fresh_backend.set("eager")
+    assert not fresh_backend.wants_compiled(cpu, 10)
+    with pytest.raises(ValueError, match="fast"):
+        fresh_backend.set("fast")
+
+
+def test_environment_variable_names_a_backend():
+    assert randomness.BACKEND_ENV == "VAEFAIL_RNG" and randomness._backend.mode in randomness.BACKENDS
+
+
+# --- permutations by a sort of composites ------------------------------------------------------
+def test_argsort_of_composites_equals_the_stable_argsort_or_names_the_row_unsure():
+    gen = torch.Generator().manual_seed(0)
+    n, bits = 300, randomness.index_bits(300)
+    keys = torch.randint(0, 2 ** 62, (40, n), generator=gen)
+    keys[:10] = torch.randint(0, 4, (10, n), generator=gen) << 61          # many ties in the high bits
+    keys[10:20, 5] = keys[10:20, 200]                                      # exact ties
+    keys[20:25, 7] = keys[20:25, 9] ^ 1                                    # equal but for the lowest bit
+    order, unsure = randomness.argsort_composites(randomness._composite(keys, bits, torch.arange(n)), bits)
+    reference = torch.argsort(keys, dim=1, stable=True)
+    sure = sorted(set(range(40)) - set(unsure.tolist()))
+    assert set(range(25)) <= set(unsure.tolist()) and len(sure) == 15
+    assert torch.equal(order[sure], reference[sure])
+
+
+def test_permutations_with_unsure_rows_are_sorted_again_from_the_full_keys(monkeypatch):
+    streams = MemberStreams([1, 2, 3])
+    expected = torch.argsort(streams._sort_keys("shuffle", (0,), 500), dim=1, stable=True)
+    monkeypatch.setattr(randomness, "index_bits", lambda n: 61)    # 2 high bits left: ties everywhere
+    for mode in ("eager", "compiled"):
+        with randomness.backend(mode):
+            assert torch.equal(streams.permutation("shuffle", (0,), 500), expected)

@@ -194,6 +194,187 @@ def paper_shapes() -> dict[str, Shape]:
     }
 
 
+# --- where a training step goes ------------------------------------------------------------------
+# torch.profiler over one epoch, each op's own (self) CPU time put in a category: by the scope it
+# ran in (the bench wraps the random draws, the optimiser and the activation in named scopes while
+# it profiles; the library code has none), else by its name.  What no op covers is the host's
+# Python (and the profiler's own overhead, which the output states).
+MATMUL_OPS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::addbmm", "aten::matmul"}
+PROFILE_CATEGORIES = ("noise and shuffles", "matmuls (forward and backward)", "activations", "optimiser",
+                      "other tensor ops", "host-side Python")
+_SCOPES = {"vaefail::noise": "noise and shuffles", "vaefail::optimiser": "optimiser",
+           "vaefail::activation": "activations"}
+
+
+class _Scoped:
+    """While active, the named functions run inside torch.profiler.record_function(scope)."""
+
+    def __init__(self, targets: list[tuple[object, str, str]]):
+        self.targets = targets   # (owner: a class or module, attribute, scope)
+        self.saved = []
+
+    def __enter__(self):
+        for owner, attribute, scope in self.targets:
+            original = getattr(owner, attribute)
+            self.saved.append((owner, attribute, original))
+
+            def wrapped(*args, _original=original, _scope=scope, **kwargs):
+                with torch.profiler.record_function(_scope):
+                    return _original(*args, **kwargs)
+            setattr(owner, attribute, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attribute, original in reversed(self.saved):
+            setattr(owner, attribute, original)
+        self.saved = []
+
+
+def _profile_scopes() -> _Scoped:
+    from . import nets
+    from .nets import FlatParameters, MaskedAdam
+    targets = [(MemberStreams, name, "vaefail::noise") for name in ("normal", "uniform", "permutation", "randint")]
+    targets += [(MaskedAdam, "step", "vaefail::optimiser"), (FlatParameters, "zero_grad", "vaefail::optimiser")]
+    targets += [(nets, "leaky_relu", "vaefail::activation")]
+    return _Scoped(targets)
+
+
+def _category(event) -> str:
+    e = event
+    while e is not None:
+        if e.name in _SCOPES:
+            return _SCOPES[e.name]
+        e = e.cpu_parent
+    name = event.name
+    if name in MATMUL_OPS:
+        return "matmuls (forward and backward)"
+    if "leaky" in name.lower() or "LeakyReLU" in name:
+        return "activations"
+    return "other tensor ops"
+
+
+def step_profile(shape: Shape, device, members: int) -> dict:
+    """Shares of one training epoch (after a warm-up epoch) by category.
+
+    torch.profiler's self CPU time per op, by category, less the profiler's own cost: it adds
+    a roughly fixed cost per recorded op, which would inflate categories of many small ops
+    (the old noise: ~200 ops per draw), so each category is charged its op count times the
+    per-op overhead measured as (profiled - unprofiled epoch) / ops.  Host-side Python is the
+    unprofiled epoch less every category.  Approximate (a few %): the machines are noisy."""
+    from torch.profiler import ProfilerActivity, profile
+    model, task, streams, settings = shape.build(members, device)
+    settings.epochs = 1
+    train_ensemble(model, task, streams, settings, progress_every=1e9)    # warm-up
+    plain = []
+    for _ in range(2):
+        start = time.perf_counter()
+        train_ensemble(model, task, streams, settings, progress_every=1e9)
+        plain.append(time.perf_counter() - start)
+    with _profile_scopes(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        train_ensemble(model, task, streams, settings, progress_every=1e9)
+        profiled = time.perf_counter() - start
+    plain_s = min(plain)
+    seconds = dict.fromkeys(PROFILE_CATEGORIES, 0.0)
+    counts = dict.fromkeys(PROFILE_CATEGORIES, 0)
+    for event in prof.events():
+        category = _SCOPES.get(event.name) or _category(event)
+        seconds[category] += event.self_cpu_time_total / 1e6
+        counts[category] += 1
+    per_op = max(0.0, profiled - plain_s) / max(1, sum(counts.values()))
+    for category in seconds:
+        seconds[category] = max(0.0, seconds[category] - counts[category] * per_op)
+    seconds["host-side Python"] = max(0.0, plain_s - sum(seconds.values()))
+    total = sum(seconds.values())
+    return {"epoch_s": plain_s, "profiled_epoch_s": profiled, "ops": sum(counts.values()),
+            "shares": {k: v / total for k, v in seconds.items()}}
+
+
+def print_profiles(device, timed_members: dict[str, int]) -> dict:
+    """The profile of each of the paper's shapes; returns {shape: {category: share}}."""
+    result = {}
+    print("where an epoch goes (torch.profiler self CPU time per op by category, less the profiler's "
+          "per-op overhead; host-side Python = the rest of the unprofiled epoch):", flush=True)
+    for key, shape in paper_shapes().items():
+        p = step_profile(shape, device, timed_members[key])
+        result[key] = {k: round(v, 3) for k, v in p["shares"].items()}
+        print(f"  {key} ({timed_members[key]} members; epoch {p['epoch_s']:.3f} s, "
+              f"{p['profiled_epoch_s']:.3f} s profiled, {p['ops']} ops): "
+              + ", ".join(f"{k} {v:.0%}" for k, v in p["shares"].items()), flush=True)
+    return result
+
+
+# --- noise and shuffles against torch's own generators --------------------------------------------
+def _median_seconds(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def noise_costs(repeats: int = 30) -> dict:
+    """Counter-based draws against torch.randn / torch.randperm of the same size, on one thread
+    (as training jobs run), each pair timed alternately: one IWAE S=20 step's noise for 10
+    members, one epoch's (50 steps), and a 5000-point shuffle for 10 members; with the compiled
+    and the eager Philox.  Ratios (ours / torch's), and seconds of ours."""
+    from . import randomness
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    streams = MemberStreams(range(10))
+    cases = {
+        "step_noise": (lambda: streams.normal("noise", (0,), (100, 20, 1)), lambda: torch.randn(10, 100, 20, 1)),
+        "epoch_noise": (lambda: streams.normal("noise", (0,), (50, 100, 20, 1)),
+                        lambda: torch.randn(10, 50, 100, 20, 1)),
+        "shuffle": (lambda: streams.permutation("shuffle", (0,), 5000),
+                    lambda: [torch.randperm(5000) for _ in range(10)]),
+    }
+    result = {}
+    try:
+        for mode in ("compiled", "eager"):
+            with randomness.backend(mode):
+                for name, (ours, theirs) in cases.items():
+                    reps = repeats if mode == "compiled" else max(3, repeats // 5)
+                    pairs = [(_median_seconds(ours, reps), _median_seconds(theirs, reps)) for _ in range(3)]
+                    ours_s = statistics.median(p[0] for p in pairs)
+                    theirs_s = statistics.median(p[1] for p in pairs)
+                    result[f"{name}_{mode}_ms"] = round(ours_s * 1e3, 3)
+                    result[f"{name}_{mode}_vs_torch"] = round(ours_s / theirs_s, 2)
+        result["compile_failed"] = randomness._backend.failed
+    finally:
+        torch.set_num_threads(threads)
+    print("noise and shuffles, one thread (ours / torch.randn or torch.randperm of the same size): "
+          + ", ".join(f"{k} {v}" for k, v in result.items()), flush=True)
+    return result
+
+
+def compile_costs() -> dict:
+    """Seconds (wall, and CPU of the process and its compiler children) that the compiled
+    Philox kernels cost a fresh process: cold (an empty inductor cache) and warm (from the
+    cache the cold run left).  Each in a subprocess."""
+    import tempfile
+    import os
+    code = ("import time, resource, torch; from vaefail import randomness as R; torch.set_num_threads(1); "
+            "cpu = lambda: sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, "
+            "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))); "
+            "R.set_backend('compiled'); s = R.MemberStreams(range(10)); t, c = time.perf_counter(), cpu(); "
+            "s.normal('n', (), (100000,)); s.permutation('p', (), 1000); "
+            "print(time.perf_counter() - t, cpu() - c, R._backend.failed)")
+    result = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+        for label in ("cold", "warm"):
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            wall, cpu, failed = out.stdout.split()[-3:]
+            result[f"compile_{label}_s"] = round(float(wall), 2)
+            result[f"compile_{label}_cpu_s"] = round(float(cpu), 2)
+    print("compiling the Philox kernels in a fresh process: " + ", ".join(f"{k} {v}" for k, v in result.items())
+          + " (after importing torch)", flush=True)
+    return result
+
+
 # --- evaluation --------------------------------------------------------------------------------
 def evaluation_seconds_per_member(device, members: int = 50, settings: dict | None = None) -> float:
     """evaluate_members on a 50-member unsupervised IWAE S=20 ensemble at the paper's data
@@ -448,6 +629,7 @@ def main(argv=None) -> None:
     parser.add_argument("--members", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-only", action="store_true", help="only the profile of where a step goes")
     args = parser.parse_args(argv)
     configure_cpu()
     configure_device(args.device, args.matmul_precision)
@@ -467,15 +649,20 @@ def main(argv=None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {_device_name(device)}, "
           f"matmul precision {args.matmul_precision}; medians of {args.rounds} rounds", flush=True)
     summary = {"device": _device_name(device)}
-    if device.type == "cpu":
-        summary.update(_cpu_comparison(args.rounds, quick=args.quick))
-
-    peak = statistics.median(matmul_flops(device) for _ in range(3))
     timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 50, "semi_iwae20": 600, "uci_iwae20": 600}
     if device.type == "cpu":     # compute-bound: time per epoch grows linearly with members
         timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 10, "semi_iwae20": 4, "uci_iwae20": 20}
     if args.quick:
         timed_members = {k: max(2, v // 10) for k, v in timed_members.items()}
+    if args.profile_only:
+        print(json.dumps({**summary, "profile": print_profiles(device, timed_members)}))
+        return
+    if device.type == "cpu":
+        summary.update(noise_costs(10 if args.quick else 30))
+        summary.update(compile_costs())
+        summary.update(_cpu_comparison(args.rounds, quick=args.quick))
+
+    peak = statistics.median(matmul_flops(device) for _ in range(3))
     epochs = 1 if (args.quick or device.type == "cpu") else 5
     rates, epoch_s = {}, {}
     with UtilisationSampler(device) as utilisation:
@@ -489,6 +676,7 @@ def main(argv=None) -> None:
             print(f"{shape.name}: {scaled:.3f} s/epoch{note}, {1 / scaled:.2f} epochs/s, "
                   f"{rates[key] / 1e9:.1f} GFLOP/s ({rates[key] / peak:.0%} of a {peak / 1e9:.0f} GFLOP/s matmul), "
                   f"{shape.flops_per_member_epoch / 1e9:.3f} GFLOP per member-epoch", flush=True)
+    summary["profile"] = print_profiles(device, timed_members)
     eval_members = 50 if not args.quick else 5
     eval_settings = paper_settings()
     eval_s = {"unsupervised": evaluation_seconds_per_member(device, eval_members, eval_settings)}
