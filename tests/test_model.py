@@ -2,6 +2,7 @@
 posterior and marginal likelihood are exact."""
 import math
 
+import pytest
 import torch
 
 from vaefail.model import (elbo, encoder_mutual_information, iwae_bound, kl_to_standard_normal,
@@ -146,3 +147,24 @@ def test_encoder_mutual_information_is_zero_without_dependence_and_large_with_it
     # I(x; z) for z = 3 x1 + 0.1 noise with x1 ~ N(0,1) is 0.5 log(1 + 9/0.01) = 3.4 nats, and
     # the minibatch estimate is capped at log B = 6.2.
     assert 2.5 < encoder_mutual_information(Encoder(True), x, eps).item() <= math.log(500)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logsumexp_is_torchs_but_leaves_negligible_weights_out_of_the_gradient(dtype):
+    from vaefail.model import NEGLIGIBLE_WEIGHT, logsumexp
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(4, 6, 20, generator=gen, dtype=torch.float64) * 40).to(dtype)   # many weights ~1e-30
+    grad = torch.randn(4, 6, generator=gen, dtype=torch.float64).to(dtype)
+    ours = x.clone().requires_grad_(True)
+    theirs = x.clone().requires_grad_(True)
+    value = logsumexp(ours, 2)
+    assert torch.equal(value, torch.logsumexp(theirs, 2))
+    value.backward(grad)
+    torch.logsumexp(theirs, 2).backward(grad)
+    weights = (x - torch.logsumexp(x, 2, keepdim=True)).exp()
+    negligible = weights < NEGLIGIBLE_WEIGHT
+    assert negligible.any() and (~negligible).any()
+    assert torch.equal(ours.grad[~negligible], theirs.grad[~negligible])
+    assert (ours.grad[negligible] == 0).all()
+    with torch.no_grad():
+        assert torch.equal(logsumexp(x, 2), torch.logsumexp(x, 2))

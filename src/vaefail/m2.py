@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import (kl_to_standard_normal, log_normal, log_standard_normal, reparameterize)
+from .model import (kl_to_standard_normal, log_normal, log_standard_normal, logsumexp, reparameterize)
 from .nets import FlatParameters, StackedMLP
 
 RELAXATION_TEMPERATURE = 2.2
@@ -226,7 +226,7 @@ def labelled_iwae(model: M2Ensemble, x, y, eps_z) -> torch.Tensor:
     y_s = y.unsqueeze(2).expand(*z.shape[:3], y.shape[-1])
     log_w = (_log_likelihood(model, x, y_s, z) + log_standard_normal(z)
              - log_normal(z, mu.unsqueeze(2), log_var.unsqueeze(2)))
-    return torch.logsumexp(log_w, 2) - math.log(log_w.shape[2]) + log_prior_labels(model.labels, y)
+    return logsumexp(log_w, 2) - math.log(log_w.shape[2]) + log_prior_labels(model.labels, y)
 
 
 def unlabelled_iwae(model: M2Ensemble, x, eps_y, eps_z) -> torch.Tensor:
@@ -237,7 +237,7 @@ def unlabelled_iwae(model: M2Ensemble, x, eps_y, eps_z) -> torch.Tensor:
     z = mu + (0.5 * log_var).exp() * eps_z
     log_w = (_log_likelihood(model, x, y, z) + log_standard_normal(z) - log_normal(z, mu, log_var)
              + log_p_y - log_q_y)
-    return torch.logsumexp(log_w, 2) - math.log(log_w.shape[2])
+    return logsumexp(log_w, 2) - math.log(log_w.shape[2])
 
 
 BOUNDS = {"elbo": (labelled_elbo, unlabelled_elbo), "iwae": (labelled_iwae, unlabelled_iwae)}
