@@ -630,11 +630,16 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--profile-only", action="store_true", help="only the profile of where a step goes")
+    parser.add_argument("--rng", default="compiled", choices=["auto", "compiled", "eager"],
+                        help="the random-number backend of the training timings (default compiled: a long "
+                             "job's steady state; 'auto' compiles only after a job's first 2^25 blocks)")
     args = parser.parse_args(argv)
     configure_cpu()
     configure_device(args.device, args.matmul_precision)
     device = torch.device(args.device)
     shapes = paper_shapes()
+    from . import randomness
+    randomness.set_backend(args.rng)
     if args.one_shape:   # a child of --jobs-per-device: prints its seconds for --epochs epochs
         shape = shapes[args.one_shape]
         print(shape.epoch_seconds(device, args.members or shape.members, args.epochs, args.start_at) * args.epochs)
@@ -647,8 +652,9 @@ def main(argv=None) -> None:
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {_device_name(device)}, "
-          f"matmul precision {args.matmul_precision}; medians of {args.rounds} rounds", flush=True)
-    summary = {"device": _device_name(device)}
+          f"matmul precision {args.matmul_precision}, random numbers {args.rng}; medians of {args.rounds} rounds",
+          flush=True)
+    summary = {"device": _device_name(device), "rng": args.rng}
     timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 50, "semi_iwae20": 600, "uci_iwae20": 600}
     if device.type == "cpu":     # compute-bound: time per epoch grows linearly with members
         timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 10, "semi_iwae20": 4, "uci_iwae20": 20}
