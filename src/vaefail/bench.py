@@ -47,6 +47,15 @@ HIDDEN = [50, 50, 50]
 UCI_HIDDEN = [100, 100, 100]
 BATCH = 100
 
+# What the timings read: wall-clock seconds (a GPU; or --wall), or, by default on the CPU, the
+# process's CPU seconds on `--threads` threads (1: as the training jobs run), which other
+# work on a shared machine inflates far less than wall time.
+_clock = time.perf_counter
+
+
+def clock() -> float:
+    return _clock()
+
 
 # --- FLOP counts -----------------------------------------------------------------------------
 def mlp_flops(sizes: list[int], rows: float) -> float:
@@ -140,10 +149,10 @@ class Shape:
                 return -1.0
             time.sleep(start_at - time.time())
         settings.epochs = epochs
-        start = time.perf_counter()
+        start = clock()
         train_ensemble(model, task, streams, settings, progress_every=1e9)
         _synchronise(device)
-        return (time.perf_counter() - start) / epochs
+        return (clock() - start) / epochs
 
 
 def paper_shapes() -> dict[str, Shape]:
@@ -254,52 +263,60 @@ def _category(event) -> str:
 
 
 def step_profile(shape: Shape, device, members: int) -> dict:
-    """Shares of one training epoch (after a warm-up epoch) by category.
+    """Shares of one training epoch (after a warm-up epoch) by category, on one thread (as the
+    training jobs run on the CPU), in CPU seconds (robust to other load on the machine).
 
-    torch.profiler's self CPU time per op, by category, less the profiler's own cost: it adds
-    a roughly fixed cost per recorded op, which would inflate categories of many small ops
-    (the old noise: ~200 ops per draw), so each category is charged its op count times the
-    per-op overhead measured as (profiled - unprofiled epoch) / ops.  Host-side Python is the
-    unprofiled epoch less every category.  Approximate (a few %): the machines are noisy."""
+    torch.profiler's self time per op, by category, less the profiler's own cost: it adds a
+    roughly fixed cost per recorded op, which would inflate categories of many small ops (the
+    eager noise: ~200 ops per draw), so each category is charged its op count times the
+    per-op overhead, (profiled - unprofiled CPU seconds) / ops.  The profiler's times are
+    wall-clock; they are scaled by the profiled epoch's CPU / wall.  Host-side Python is the
+    unprofiled epoch's CPU time less every category.  Approximate (a few %)."""
     from torch.profiler import ProfilerActivity, profile
-    model, task, streams, settings = shape.build(members, device)
-    settings.epochs = 1
-    train_ensemble(model, task, streams, settings, progress_every=1e9)    # warm-up
-    plain = []
-    for _ in range(2):
-        start = time.perf_counter()
-        train_ensemble(model, task, streams, settings, progress_every=1e9)
-        plain.append(time.perf_counter() - start)
-    with _profile_scopes(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        train_ensemble(model, task, streams, settings, progress_every=1e9)
-        profiled = time.perf_counter() - start
-    plain_s = min(plain)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, task, streams, settings = shape.build(members, device)
+        settings.epochs = 1
+        train_ensemble(model, task, streams, settings, progress_every=1e9)    # warm-up
+        plain = []
+        for _ in range(3):
+            start = time.process_time()
+            train_ensemble(model, task, streams, settings, progress_every=1e9)
+            plain.append(time.process_time() - start)
+        with _profile_scopes(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            train_ensemble(model, task, streams, settings, progress_every=1e9)
+            profiled_wall, profiled_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    finally:
+        torch.set_num_threads(threads)
+    plain_cpu = statistics.median(plain)
     seconds = dict.fromkeys(PROFILE_CATEGORIES, 0.0)
     counts = dict.fromkeys(PROFILE_CATEGORIES, 0)
     for event in prof.events():
         category = _SCOPES.get(event.name) or _category(event)
-        seconds[category] += event.self_cpu_time_total / 1e6
+        seconds[category] += event.self_cpu_time_total / 1e6 * profiled_cpu / profiled_wall
         counts[category] += 1
-    per_op = max(0.0, profiled - plain_s) / max(1, sum(counts.values()))
+    per_op = max(0.0, profiled_cpu - plain_cpu) / max(1, sum(counts.values()))
     for category in seconds:
         seconds[category] = max(0.0, seconds[category] - counts[category] * per_op)
-    seconds["host-side Python"] = max(0.0, plain_s - sum(seconds.values()))
+    seconds["host-side Python"] = max(0.0, plain_cpu - sum(seconds.values()))
     total = sum(seconds.values())
-    return {"epoch_s": plain_s, "profiled_epoch_s": profiled, "ops": sum(counts.values()),
+    return {"epoch_cpu_s": plain_cpu, "profiled_cpu_s": profiled_cpu, "ops": sum(counts.values()),
             "shares": {k: v / total for k, v in seconds.items()}}
 
 
 def print_profiles(device, timed_members: dict[str, int]) -> dict:
     """The profile of each of the paper's shapes; returns {shape: {category: share}}."""
     result = {}
-    print("where an epoch goes (torch.profiler self CPU time per op by category, less the profiler's "
-          "per-op overhead; host-side Python = the rest of the unprofiled epoch):", flush=True)
+    print("where an epoch goes, one thread (torch.profiler's self time per op by category, less the "
+          "profiler's per-op overhead; host-side Python = the rest of the unprofiled epoch's CPU time):",
+          flush=True)
     for key, shape in paper_shapes().items():
         p = step_profile(shape, device, timed_members[key])
         result[key] = {k: round(v, 3) for k, v in p["shares"].items()}
-        print(f"  {key} ({timed_members[key]} members; epoch {p['epoch_s']:.3f} s, "
-              f"{p['profiled_epoch_s']:.3f} s profiled, {p['ops']} ops): "
+        print(f"  {key} ({timed_members[key]} members; epoch {p['epoch_cpu_s']:.3f} CPU s on one thread, "
+              f"{p['profiled_cpu_s']:.3f} profiled, {p['ops']} ops): "
               + ", ".join(f"{k} {v:.0%}" for k, v in p["shares"].items()), flush=True)
     return result
 
@@ -309,9 +326,9 @@ def _median_seconds(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -387,10 +404,10 @@ def evaluation_seconds_per_member(device, members: int = 50, settings: dict | No
     evaluate_members(model, {k: v[:, :200] for k, v in data.items()}, streams, objective="iwae", samples=20,
                      settings=settings, failed=failed)    # warm-up
     _synchronise(device)
-    start = time.perf_counter()
+    start = clock()
     evaluate_members(model, data, streams, objective="iwae", samples=20, settings=settings, failed=failed)
     _synchronise(device)
-    return (time.perf_counter() - start) / members
+    return (clock() - start) / members
 
 
 def paper_settings() -> dict:
@@ -495,10 +512,10 @@ def plain_loop(samples: int, steps: int) -> float:
 
     for i in range(10):
         step(i)
-    start = time.perf_counter()
+    start = clock()
     for i in range(steps):
         step(i)
-    return steps / (time.perf_counter() - start)
+    return steps / (clock() - start)
 
 
 def batched(members: int, samples: int, epochs: int) -> float:
@@ -510,9 +527,9 @@ def batched(members: int, samples: int, epochs: int) -> float:
     versions = torch.zeros(members, dtype=torch.long)
     train_vae(model, x, x, versions, streams, TrainSettings(objective=settings.objective, samples=samples, epochs=1),
               progress_every=1e9)
-    start = time.perf_counter()
+    start = clock()
     train_vae(model, x, x, versions, streams, settings, progress_every=1e9)
-    return members * 20 * epochs / (time.perf_counter() - start)
+    return members * 20 * epochs / (clock() - start)
 
 
 def batched_m2(members: int, epochs: int) -> float:
@@ -522,9 +539,9 @@ def batched_m2(members: int, epochs: int) -> float:
     model, streams = m2_ensemble(members, 2, 1, labels, HIDDEN, "cpu")
     task = m2_task("elbo", 1, members, 2000, 200, 2, labels, 1, "cpu")
     train_ensemble(model, task, streams, TrainSettings(epochs=1), progress_every=1e9)
-    start = time.perf_counter()
+    start = clock()
     train_ensemble(model, task, streams, TrainSettings(epochs=epochs), progress_every=1e9)
-    return members * task.steps_per_epoch * epochs / (time.perf_counter() - start)
+    return members * task.steps_per_epoch * epochs / (clock() - start)
 
 
 def lin_factor(device, members: int, epochs: int = 2) -> float:
@@ -534,10 +551,10 @@ def lin_factor(device, members: int, epochs: int = 2) -> float:
         x = _toy_data(5000, 2).unsqueeze(0).to(device)
         settings = TrainSettings(objective="elbo", epochs=epochs, batch_size=BATCH, lin=lin)
         _synchronise(device)
-        start = time.perf_counter()
+        start = clock()
         train_vae(model, x, x[:, :2000], torch.zeros(members, dtype=torch.long), streams, settings, progress_every=1e9)
         _synchronise(device)
-        return time.perf_counter() - start
+        return clock() - start
     return run(LinSettings(0.05, 10)) / run(None)
 
 
@@ -546,11 +563,11 @@ def matmul_flops(device, n: int = 4096, repeats: int = 10) -> float:
     b = torch.randn(n, n, device=device)
     torch.mm(a, b)
     _synchronise(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(repeats):
         torch.mm(a, b)
     _synchronise(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+    return 2 * n ** 3 * repeats / (clock() - start)
 
 
 # --- device helpers ----------------------------------------------------------------------------
@@ -630,13 +647,21 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--profile-only", action="store_true", help="only the profile of where a step goes")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU: torch threads (default 1, as the training jobs run)")
+    parser.add_argument("--wall", action="store_true",
+                        help="CPU: time in wall-clock seconds (default: the process's CPU seconds, which other "
+                             "work on a shared machine inflates far less)")
     parser.add_argument("--rng", default="compiled", choices=["auto", "compiled", "eager"],
                         help="the random-number backend of the training timings (default compiled: a long "
                              "job's steady state; 'auto' compiles only after a job's first 2^25 blocks)")
     args = parser.parse_args(argv)
-    configure_cpu()
+    configure_cpu(args.threads if args.device == "cpu" else None)
     configure_device(args.device, args.matmul_precision)
     device = torch.device(args.device)
+    global _clock
+    cpu_seconds = device.type == "cpu" and not args.wall and not args.jobs_per_device and args.start_at is None
+    _clock = time.process_time if cpu_seconds else time.perf_counter
     shapes = paper_shapes()
     from . import randomness
     randomness.set_backend(args.rng)
@@ -652,12 +677,17 @@ def main(argv=None) -> None:
         return
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {_device_name(device)}, "
-          f"matmul precision {args.matmul_precision}, random numbers {args.rng}; medians of {args.rounds} rounds",
-          flush=True)
-    summary = {"device": _device_name(device), "rng": args.rng}
+          f"matmul precision {args.matmul_precision}, random numbers {args.rng}; medians of {args.rounds} rounds; "
+          f"times in {'CPU' if cpu_seconds else 'wall-clock'} seconds", flush=True)
+    summary = {"device": _device_name(device), "rng": args.rng, "threads": torch.get_num_threads(),
+               "seconds": "cpu" if cpu_seconds else "wall"}
     timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 50, "semi_iwae20": 600, "uci_iwae20": 600}
-    if device.type == "cpu":     # compute-bound: time per epoch grows linearly with members
-        timed_members = {"unsupervised_vae": 50, "unsupervised_iwae20": 10, "semi_iwae20": 4, "uci_iwae20": 20}
+    if device.type == "cpu":
+        # the members a training job trains at once on the CPU (training_job's chunks); time per
+        # epoch grows linearly with the chunks (compute-bound), so whole jobs scale by members
+        from .training_job import CPU_ROWS_PER_CHUNK
+        samples = {"unsupervised_vae": 1, "unsupervised_iwae20": 20, "semi_iwae20": 20, "uci_iwae20": 20}
+        timed_members = {k: min(shapes[k].members, max(1, CPU_ROWS_PER_CHUNK // (BATCH * s))) for k, s in samples.items()}
     if args.quick:
         timed_members = {k: max(2, v // 10) for k, v in timed_members.items()}
     if args.profile_only:
@@ -668,7 +698,7 @@ def main(argv=None) -> None:
         summary.update(compile_costs())
         summary.update(_cpu_comparison(args.rounds, quick=args.quick))
 
-    peak = statistics.median(matmul_flops(device) for _ in range(3))
+    peak = statistics.median(matmul_flops(device, 2048 if device.type == "cpu" else 4096) for _ in range(3))
     epochs = 1 if (args.quick or device.type == "cpu") else 5
     rates, epoch_s = {}, {}
     with UtilisationSampler(device) as utilisation:
