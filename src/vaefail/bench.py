@@ -204,23 +204,34 @@ def paper_shapes() -> dict[str, Shape]:
 
 
 # --- where a training step goes ------------------------------------------------------------------
-# torch.profiler over one epoch, each op's own (self) CPU time put in a category: by the scope it
-# ran in (the bench wraps the random draws, the optimiser and the activation in named scopes while
-# it profiles; the library code has none), else by its name.  What no op covers is the host's
-# Python (and the profiler's own overhead, which the output states).
+# Noise and shuffles (MemberStreams' draws) and the optimiser (MaskedAdam, zeroing the gradients)
+# are timed directly, in CPU seconds of an unprofiled epoch.  The rest of the epoch (forward and
+# backward passes, the loss, the data gather) is split by torch.profiler: each op's own (self)
+# time in a category by its name (matmuls, leaky ReLU forward and backward, other ops), and the
+# time outside every op as host-side Python.  The profiler's cost per recorded op inflates the
+# small ops, so "other tensor ops" and "host-side Python" are upper bounds (the output states
+# the profiled epoch's time against the unprofiled one).
 MATMUL_OPS = {"aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::addbmm", "aten::matmul"}
 PROFILE_CATEGORIES = ("noise and shuffles", "matmuls (forward and backward)", "activations", "optimiser",
                       "other tensor ops", "host-side Python")
-_SCOPES = {"vaefail::noise": "noise and shuffles", "vaefail::optimiser": "optimiser",
-           "vaefail::activation": "activations"}
+_NOISE_AND_OPTIMISER = {"vaefail::noise": "noise and shuffles", "vaefail::optimiser": "optimiser"}
 
 
-class _Scoped:
-    """While active, the named functions run inside torch.profiler.record_function(scope)."""
+def _timed_targets():
+    from .nets import FlatParameters, MaskedAdam
+    targets = [(MemberStreams, name, "vaefail::noise") for name in ("normal", "uniform", "permutation", "randint")]
+    return targets + [(MaskedAdam, "step", "vaefail::optimiser"), (FlatParameters, "zero_grad", "vaefail::optimiser")]
 
-    def __init__(self, targets: list[tuple[object, str, str]]):
-        self.targets = targets   # (owner: a class or module, attribute, scope)
-        self.saved = []
+
+class _Wrapped:
+    """While active, calls of the targets (owner, attribute, scope) are timed in CPU seconds per
+    scope (outermost calls only: a draw that calls another counts once) and run inside
+    torch.profiler.record_function(scope)."""
+
+    def __init__(self, targets):
+        self.targets, self.saved = targets, []
+        self.seconds = {scope: 0.0 for _, _, scope in targets}
+        self._depth = 0
 
     def __enter__(self):
         for owner, attribute, scope in self.targets:
@@ -228,8 +239,15 @@ class _Scoped:
             self.saved.append((owner, attribute, original))
 
             def wrapped(*args, _original=original, _scope=scope, **kwargs):
-                with torch.profiler.record_function(_scope):
-                    return _original(*args, **kwargs)
+                self._depth += 1
+                start = time.process_time()
+                try:
+                    with torch.profiler.record_function(_scope):
+                        return _original(*args, **kwargs)
+                finally:
+                    self._depth -= 1
+                    if self._depth == 0:
+                        self.seconds[_scope] += time.process_time() - start
             setattr(owner, attribute, wrapped)
         return self
 
@@ -239,39 +257,25 @@ class _Scoped:
         self.saved = []
 
 
-def _profile_scopes() -> _Scoped:
-    from . import nets
-    from .nets import FlatParameters, MaskedAdam
-    targets = [(MemberStreams, name, "vaefail::noise") for name in ("normal", "uniform", "permutation", "randint")]
-    targets += [(MaskedAdam, "step", "vaefail::optimiser"), (FlatParameters, "zero_grad", "vaefail::optimiser")]
-    targets += [(nets, "leaky_relu", "vaefail::activation")]
-    return _Scoped(targets)
-
-
-def _category(event) -> str:
+def _op_category(event) -> str | None:
+    """The category of a profiled op (that of its innermost matmul or activation ancestor: a
+    baddbmm's copy of the bias counts as the matmul's), None inside a directly timed scope."""
+    category = None
     e = event
     while e is not None:
-        if e.name in _SCOPES:
-            return _SCOPES[e.name]
+        if e.name in _NOISE_AND_OPTIMISER:
+            return None
+        if category is None and e.name in MATMUL_OPS:
+            category = "matmuls (forward and backward)"
+        elif category is None and ("leaky_relu" in e.name or "LeakyRelu" in e.name):
+            category = "activations"
         e = e.cpu_parent
-    name = event.name
-    if name in MATMUL_OPS:
-        return "matmuls (forward and backward)"
-    if "leaky" in name.lower() or "LeakyReLU" in name:
-        return "activations"
-    return "other tensor ops"
+    return category or "other tensor ops"
 
 
 def step_profile(shape: Shape, device, members: int) -> dict:
     """Shares of one training epoch (after a warm-up epoch) by category, on one thread (as the
-    training jobs run on the CPU), in CPU seconds (robust to other load on the machine).
-
-    torch.profiler's self time per op, by category, less the profiler's own cost: it adds a
-    roughly fixed cost per recorded op, which would inflate categories of many small ops (the
-    eager noise: ~200 ops per draw), so each category is charged its op count times the
-    per-op overhead, (profiled - unprofiled CPU seconds) / ops.  The profiler's times are
-    wall-clock; they are scaled by the profiled epoch's CPU / wall.  Host-side Python is the
-    unprofiled epoch's CPU time less every category.  Approximate (a few %)."""
+    training jobs run on the CPU), in CPU seconds (see above)."""
     from torch.profiler import ProfilerActivity, profile
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -279,44 +283,46 @@ def step_profile(shape: Shape, device, members: int) -> dict:
         model, task, streams, settings = shape.build(members, device)
         settings.epochs = 1
         train_ensemble(model, task, streams, settings, progress_every=1e9)    # warm-up
-        plain = []
+        epochs = []
         for _ in range(3):
+            with _Wrapped(_timed_targets()) as timed:
+                start = time.process_time()
+                train_ensemble(model, task, streams, settings, progress_every=1e9)
+                epochs.append((time.process_time() - start, timed.seconds))
+        with _Wrapped(_timed_targets()), profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.process_time()
             train_ensemble(model, task, streams, settings, progress_every=1e9)
-            plain.append(time.process_time() - start)
-        with _profile_scopes(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            train_ensemble(model, task, streams, settings, progress_every=1e9)
-            profiled_wall, profiled_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            profiled = time.process_time() - start
     finally:
         torch.set_num_threads(threads)
-    plain_cpu = statistics.median(plain)
-    seconds = dict.fromkeys(PROFILE_CATEGORIES, 0.0)
-    counts = dict.fromkeys(PROFILE_CATEGORIES, 0)
+    epoch, timed = sorted(epochs, key=lambda e: e[0])[1]          # the median epoch
+    raw = {"matmuls (forward and backward)": 0.0, "activations": 0.0, "other tensor ops": 0.0}
     for event in prof.events():
-        category = _SCOPES.get(event.name) or _category(event)
-        seconds[category] += event.self_cpu_time_total / 1e6 * profiled_cpu / profiled_wall
-        counts[category] += 1
-    per_op = max(0.0, profiled_cpu - plain_cpu) / max(1, sum(counts.values()))
-    for category in seconds:
-        seconds[category] = max(0.0, seconds[category] - counts[category] * per_op)
-    seconds["host-side Python"] = max(0.0, plain_cpu - sum(seconds.values()))
-    total = sum(seconds.values())
-    return {"epoch_cpu_s": plain_cpu, "profiled_cpu_s": profiled_cpu, "ops": sum(counts.values()),
-            "shares": {k: v / total for k, v in seconds.items()}}
+        category = _op_category(event)
+        if category is not None:
+            raw[category] += event.self_cpu_time_total / 1e6
+    scoped_total = sum(e.cpu_time_total for e in prof.events()
+                       if e.name in _NOISE_AND_OPTIMISER and e.cpu_parent is None) / 1e6
+    raw["host-side Python"] = max(0.0, profiled - scoped_total - sum(raw.values()))
+    seconds = {"noise and shuffles": timed["vaefail::noise"], "optimiser": timed["vaefail::optimiser"]}
+    rest = max(0.0, epoch - sum(seconds.values()))
+    raw_total = sum(raw.values()) or 1.0
+    seconds.update({k: rest * v / raw_total for k, v in raw.items()})
+    return {"epoch_cpu_s": epoch, "profiled_cpu_s": profiled,
+            "shares": {k: seconds[k] / epoch for k in PROFILE_CATEGORIES}}
 
 
 def print_profiles(device, timed_members: dict[str, int]) -> dict:
     """The profile of each of the paper's shapes; returns {shape: {category: share}}."""
     result = {}
-    print("where an epoch goes, one thread (torch.profiler's self time per op by category, less the "
-          "profiler's per-op overhead; host-side Python = the rest of the unprofiled epoch's CPU time):",
+    print("where an epoch goes, one thread, CPU seconds (noise and optimiser timed directly; the rest split "
+          "by torch.profiler's self time per op, whose overhead inflates other ops and host-side Python):",
           flush=True)
     for key, shape in paper_shapes().items():
         p = step_profile(shape, device, timed_members[key])
         result[key] = {k: round(v, 3) for k, v in p["shares"].items()}
         print(f"  {key} ({timed_members[key]} members; epoch {p['epoch_cpu_s']:.3f} CPU s on one thread, "
-              f"{p['profiled_cpu_s']:.3f} profiled, {p['ops']} ops): "
+              f"{p['profiled_cpu_s']:.3f} profiled): "
               + ", ".join(f"{k} {v:.0%}" for k, v in p["shares"].items()), flush=True)
     return result
 
