@@ -160,7 +160,7 @@ def _box_muller_kernel(radius, cos_angle, sin_angle, dtype: torch.dtype) -> torc
 def _sort_key_kernel(keys, position, stream, index_bits) -> torch.Tensor:
     """Sort composites of the two keys of each block, (M, n, 2): the key's bits above
     `index_bits` (a 0-d tensor) over the element's number 2 * position + (0, 1) (see
-    stable_argsort_rows).  The element numbers assume the blocks start at block 0."""
+    argsort_composites).  The element numbers assume the blocks start at block 0."""
     w = _philox_blocks(keys, position, stream)
     element = 2 * position.unsqueeze(0)
     return torch.stack([_composite(_sort_keys_from_words(w[0], w[1]), index_bits, element),
@@ -291,7 +291,8 @@ class MemberStreams:
     # --- raw bits ----------------------------------------------------------------------
     def words(self, purpose: str, index: Sequence[int], n_blocks: int, first_block: int = 0) -> list[torch.Tensor]:
         """Four (M, n_blocks) tensors of 32-bit words: the Philox blocks at positions
-        first_block, first_block + 1, ... of the stream (purpose, index).
+        first_block, first_block + 1, ... of the stream (purpose, index), eagerly (the draws
+        below use the compiled kernels instead where the backend says so).
 
         On the CPU the blocks are made a cache-sized slice at a time (~3x faster than one pass
         over large tensors); a GPU takes them in one pass (fewer kernel launches)."""
