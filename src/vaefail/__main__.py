@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out-theorem1", required=True)
     c.add_argument("--out-separation", required=True)
     c.add_argument("--out-separation-restarts", required=True)
+    c.add_argument("--out-collapse", required=True)
+    c.add_argument("--out-label-share", required=True)
 
     c = command("appendix-k", "appendix K: denoising and attack tables and Figure 5 from the trained models")
     c.add_argument("--outdir", required=True)
@@ -103,9 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out-figure", required=True, help="output path without extension (.pdf and .png)")
     c.add_argument("--threads", type=int, default=1)
 
-    c = command("claims", "score every claim of the paper from the tables: claims.csv")
-    c.add_argument("--tables", nargs="+", required=True, help="the tables' CSV files")
+    c = command("claims", "score every claim of the paper with its evidence: claims.csv")
+    c.add_argument("--outdir", required=True, help="the output folder, whose selected models and tables it reads")
     c.add_argument("--out", required=True)
+
+    c = command("paper-scale", "the paper's kNN cells against ours on each candidate scale of the statistic, and "
+                               "the evaluation noise of the kNN statistic")
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--out-summary", required=True)
+    c.add_argument("--out-null", required=True)
+    c.add_argument("--out-noise", required=True)
 
     c = command("figure", "draw one figure from saved results")
     c.add_argument("--figure", required=True, choices=FIGURE_KINDS)
@@ -262,13 +272,16 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "figure-claims":
         from .figure_claims import write_figure_claims
         write_figure_claims(settings, args.outdir, args.out_theorem1, args.out_separation,
-                            args.out_separation_restarts)
+                            args.out_separation_restarts, args.out_collapse, args.out_label_share)
     elif args.command == "appendix-k":
         from .appendix_k import write_appendix_k
         write_appendix_k(settings, args.outdir, args.out_denoising, args.out_attack, args.out_figure)
     elif args.command == "claims":
         from .claims import write_claims
-        write_claims(settings, args.tables, args.out)
+        write_claims(settings, args.outdir, args.out)
+    elif args.command == "paper-scale":
+        from .paper_scale import write_paper_scale
+        write_paper_scale(settings, args.outdir, args.out, args.out_summary, args.out_null, args.out_noise)
     elif args.command == "figure":
         from .figures import draw_figure
         draw_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)

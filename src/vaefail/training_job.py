@@ -11,10 +11,12 @@ uci).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
 from . import grid
+from .convergence import converged
 from .data_files import dataset_example, load_versions
 from .ensembles import build_ensemble, member_state
 from .evaluate import evaluate_members
@@ -95,7 +97,8 @@ class TrainingJob:
                               "lin_aggressive_epochs": int(train_log.aggressive_epochs[j]),
                               "lin_inner_steps_taken": int(train_log.inner_steps[j]),
                               "ensemble_size": len(chunk),
-                              "ensemble_seconds": round(train_log.seconds, 2)},
+                              "ensemble_seconds": round(train_log.seconds, 2),
+                              **validation_curve(train_log, j, self.epochs)},
                     **result,
                     "provenance": prov,
                 }
@@ -147,7 +150,18 @@ def training_settings(settings: dict, setting: grid.Setting, epochs: int) -> Tra
     lin = (LinSettings(setting.lin_threshold, setting.lin_inner_steps, settings["lin_mi_patience"])
            if setting.method == "lin" else None)
     return TrainSettings(objective=setting.objective, samples=setting.samples, epochs=epochs,
-                         batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], lin=lin)
+                         batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], lin=lin,
+                         record_curve=True)
+
+
+def validation_curve(train_log: TrainLog, j: int, epochs: int) -> dict:
+    """Member j's validation curve and the convergence rule's verdict on it, for its record."""
+    if train_log.valid_curve is None:
+        return {}
+    values = [float(v) for v in train_log.valid_curve[:, j]]
+    return {"valid_curve_epochs": list(train_log.check_epochs),
+            "valid_curve": [v if math.isfinite(v) else None for v in values],
+            "converged": converged(train_log.check_epochs, values, epochs)}
 
 
 def _chunks(n_members: int, rows_per_member: int, device: torch.device) -> list[range]:

@@ -167,11 +167,14 @@ TABLES = table_files(catalogue.TABLES)
 DISENTANGLEMENT_TABLE = out(catalogue.table_path(catalogue.DISENTANGLEMENT_TABLE))
 APPENDIX_K_TABLES = table_files(catalogue.APPENDIX_K_TABLES)
 CLAIM_TABLES = table_files(catalogue.CLAIM_TABLES)
+PAPER_SCALE = table_files([*catalogue.PAPER_SCALE_TABLES, catalogue.EVALUATION_NOISE_TABLE])
 CLAIMS = out(catalogue.table_path(catalogue.CLAIMS_TABLE))
+LABEL_SHARE = "labelshare" in grid.active_experiments(SETTINGS)
+CLAIM_FIGURES = figure_files([catalogue.FOREST_FIGURE] + ([catalogue.LABEL_SHARE_FIGURE] if LABEL_SHARE else []))
 FIGURES = [*figure_files([catalogue.FIGURE1]), *FIGURE_PANELS, *LATENT_FIGURES, *SS_FIGURES,
-           *figure_files([catalogue.FIGURE5])]
+           *figure_files([catalogue.FIGURE5]), *CLAIM_FIGURES]
 RECORD = [out("record/runtimes.csv"), out("record/provenance.json")]
-PAPER_TARGETS = [out("paper.pdf"), *TABLES, *CLAIM_TABLES, CLAIMS, *FIGURES, *RECORD]
+PAPER_TARGETS = [out("paper.pdf"), *TABLES, *CLAIM_TABLES, *PAPER_SCALE, CLAIMS, *FIGURES, *RECORD]
 # Every per-restart result, asked for by the targets: Snakemake reruns the job of one
 # that was deleted, which it would not do for an intermediate file (the tables are newer).
 UNSUPERVISED_RUNS = [f for e in ("unsupervised", "noise", "latent", "disentangle") for s in (".json", ".pt")
