@@ -136,3 +136,13 @@ def test_a_flat_tail_converges_and_a_rising_one_does_not():
     # a tail that got worse has converged (it no longer improves on the best before it)
     assert converged(epochs, [*flat[:-2], flat[-3] - 0.5, flat[-3] - 0.6], 100) is True
     assert converged([100], [1.0], 100) is None                            # nothing before the tail
+
+
+def test_comparing_two_runs_counts_decided_claims_class_changes_and_flips():
+    first = pd.DataFrame({"claim": list("abcd"), "verdict": ["supported", "contradicted", "inconclusive", "exact"],
+                          "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "n": 5})
+    second = first.assign(verdict=["contradicted", "inconclusive", "supported", "exact"])
+    counts, changed = C.compare_verdicts(first, second)
+    assert counts["decided_first"] == 3 and counts["decided_second"] == 3
+    assert counts["changed_class"] == 3 and counts["flipped"] == 1
+    assert sorted(changed["claim"]) == ["a", "b", "c"]

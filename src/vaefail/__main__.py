@@ -63,11 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--setting", required=True)
     c.add_argument("--gt-encoders", nargs="*", default=[])
     c.add_argument("--out-stems", nargs="+", required=True)
+    c.add_argument("--manifest", default=None, help="the job's manifest, written after every member's result")
 
     c = training_command("train-ss", "train all alpha x gamma x restarts of one semi-supervised setting")
     c.add_argument("--experiment", required=True)
     c.add_argument("--setting", required=True)
     c.add_argument("--out-stems", nargs="+", required=True)
+    c.add_argument("--manifest", default=None, help="the job's manifest, written after every member's result")
 
     c = command("uci-splits", "verify a UCI data set and write its train/validation/test splits")
     c.add_argument("--dataset", required=True)
@@ -109,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--outdir", required=True, help="the output folder, whose selected models and tables it reads")
     c.add_argument("--out", required=True)
 
+    c = sub.add_parser("compare-claims", help="two claims tables of one configuration run with different seeds: "
+                       "decided claims in each, class changes and flips between supported and contradicted")
+    c.add_argument("first")
+    c.add_argument("second")
+    c.add_argument("--out", default=None, help="write the changed claims here (CSV)")
+
     c = command("paper-scale", "the paper's kNN cells against ours on each candidate scale of the statistic, and "
                                "the evaluation noise of the kNN statistic")
     c.add_argument("--outdir", required=True)
@@ -141,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 # Errors whose message says all (the file, the cause, the fix): shown without their type.
 EXPLAINED_ERRORS = (ResultWriteError, ResultReadError, ConfigError, DataIntegrityError)
 # Commands that need no torch (and no CPU tuning for it).
-TORCH_FREE_COMMANDS = ("settings", "select", "table", "claims", "record", "paper")
+TORCH_FREE_COMMANDS = ("settings", "select", "table", "claims", "compare-claims", "record", "paper")
 
 
 def main(argv=None) -> None:
@@ -235,6 +243,10 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     if args.command == "settings":
         write_settings(json.loads(args.settings_json), args.out, args.scale)
         return
+    if args.command == "compare-claims":
+        from .claims import write_verdict_comparison
+        write_verdict_comparison(args.first, args.second, args.out)
+        return
     settings = load_settings(args.settings)
     if args.command == "surrogate":
         from .surrogate import make_surrogate
@@ -248,11 +260,11 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "train":
         from .training_job import train_job
         train_job(settings, args.experiment, args.dataset, args.setting, args.surrogate,
-                  args.data, args.gt_encoders, args.out_stems, args.device)
+                  args.data, args.gt_encoders, args.out_stems, args.device, args.manifest)
     elif args.command == "train-ss":
         from .semisupervised import train_ss_job
         train_ss_job(settings, args.experiment, args.dataset, args.setting, args.surrogate, args.data,
-                     args.out_stems, args.device)
+                     args.out_stems, args.device, args.manifest)
     elif args.command == "uci-splits":
         from . import uci
         from .data_files import make_uci_splits

@@ -289,7 +289,7 @@ def _attack_evidence(points: pd.DataFrame, dataset: str, model: str, note: str) 
     theirs = rows[rows["model"] == truth_model].set_index("point") if len(rows) else rows
     if len(mine) == 0 or len(theirs) == 0:
         return "no attack results", E.paired_t([], note="no attack results")
-    both = mine.join(theirs, lsuffix="_model", rsuffix="_truth", how="inner")
+    both = mine.merge(theirs, left_index=True, right_index=True, suffixes=("_model", "_truth"))
     both = both[both["correct_model"].astype(bool) & both["correct_truth"].astype(bool)]
     budget = ATTACK_BUDGET_IN_SIGMA
     flipped_model = both["minimal_budget_in_sigma_model"] <= budget
@@ -320,9 +320,9 @@ def semisupervised_claims(claims: Claims, selected: pd.DataFrame, settings: dict
         if dataset == "discrete-semicircle":
             claims.add(f"{title}: the VAE learns $p(x)$ better than IWAE", SG, "Table 3, appendix G",
                        f"kNN VAE {_num(vae.mean())} vs IWAE {_num(iwae.mean())}", _gate(E.paired_t(iwae - vae), note))
-            margins = [cohorts[o].sub(cohorts["iwae"].to_numpy(), axis=None) if False else
-                       (cohorts[o].to_numpy() - cohorts["iwae"].to_numpy()) for o in ("vae", "lin")]
-            worst = pd.Series(np.min(np.concatenate(margins, axis=1), axis=1), index=knn.index)
+            # per version the smallest margin over cohorts and the two other methods: "each p(x|y)"
+            margins = np.concatenate([cohorts[o].to_numpy() - cohorts["iwae"].to_numpy() for o in ("vae", "lin")], axis=1)
+            worst = pd.Series(margins.min(axis=1), index=knn.index)
             claims.add(f"{title}: IWAE learns each $p(x|y)$ better than VAE and LIN", SG, "Table 4, appendix G",
                        "cohort kNN (mean over cohorts): " + ", ".join(
                            f"{METHOD_TITLES[m]} {_num(np.nanmean(cohorts[m].to_numpy()))}" for m in ("iwae", "vae", "lin")),
@@ -430,3 +430,37 @@ def write_claims(settings: dict, outdir: str, out_csv: str) -> None:
             key = path.removesuffix(".csv").removeprefix("tables/")
             frames[key] = read_csv(outdir / path)
     write_bytes(out_csv, score_claims(settings, frames).to_csv(index=False).encode())
+
+
+# --- stability between two runs ------------------------------------------------------------------
+DECIDED = (E.SUPPORTED, E.CONTRADICTED, E.EXACT)
+
+
+def compare_verdicts(first: pd.DataFrame, second: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Two claims tables of the same configuration with different base seeds: how many claims
+    each decides, how many changed class at all, and how many flipped from supported to
+    contradicted or back (which no claim should).  Returns the counts and the changed rows."""
+    columns = ["claim", "verdict", "effect", "ci_low", "ci_high", "n"]
+    both = first[columns].merge(second[columns], on="claim", how="outer", suffixes=("_first", "_second"))
+    both = both.set_index("claim")
+    changed = both[both["verdict_first"] != both["verdict_second"]]
+    flips = changed[changed["verdict_first"].isin([E.SUPPORTED, E.CONTRADICTED])
+                    & changed["verdict_second"].isin([E.SUPPORTED, E.CONTRADICTED])]
+    counts = {"claims": len(both),
+              "decided_first": int(both["verdict_first"].isin(DECIDED).sum()),
+              "decided_second": int(both["verdict_second"].isin(DECIDED).sum()),
+              "changed_class": len(changed), "flipped": len(flips)}
+    for verdict in E.VERDICTS:
+        counts[f"{verdict}_first"] = int((both["verdict_first"] == verdict).sum())
+        counts[f"{verdict}_second"] = int((both["verdict_second"] == verdict).sum())
+    return counts, changed.reset_index()
+
+
+def write_verdict_comparison(first_csv: str, second_csv: str, out_csv: str | None = None) -> dict:
+    counts, changed = compare_verdicts(read_csv(first_csv), read_csv(second_csv))
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    if len(changed):
+        print(changed[["claim", "verdict_first", "verdict_second"]].to_string(index=False))
+    if out_csv:
+        write_bytes(out_csv, changed.to_csv(index=False).encode())
+    return counts

@@ -259,6 +259,17 @@ def run_stem(experiment: str, dataset: str, setting_id: str, version: int, resta
     return f"runs/{experiment}/{dataset}/{setting_id}/{folder}v{version}/r{restart}"
 
 
+def job_manifest_path(experiment: str, dataset: str, setting_id: str) -> str:
+    """A training job's manifest, written after every member's result: what the workflow asks
+    for instead of each of the job's (up to 1 200) per-restart files."""
+    return f"runs/{experiment}/{dataset}/{setting_id}/job.json"
+
+
+def experiment_manifests(cfg: dict, experiment: str) -> list[str]:
+    return [job_manifest_path(experiment, dataset, setting.id) for dataset in experiment_datasets(cfg, experiment)
+            for setting in experiment_settings(cfg, experiment, dataset)]
+
+
 def job_members(cfg: dict, experiment: str) -> list[Member]:
     """Every member of one training job, in order."""
     return [Member(v, r, a, g, s2) for a, g, s2 in member_weights(cfg, experiment)
@@ -305,9 +316,9 @@ def appendix_k_inputs(cfg: dict) -> list[str]:
     paths += [data_path(d, v) for d in datasets for v in versions]
     if cfg["restarts_gt"] > 0:     # the ground-truth encoders phi_GT are one of its projections
         paths += [gt_encoder_path(d, v) for d in datasets for v in versions]
-    paths += [f"{stem}.pt" for stem in experiment_run_stems(cfg, "latent")]
+    paths += experiment_manifests(cfg, "latent")       # the jobs whose weights it reads
     noise = cfg["noise_dataset"]
-    paths += [f"{s}.pt" for s in job_run_stems(cfg, "noise", noise, "vae")]
+    paths.append(job_manifest_path("noise", noise, "vae"))
     if noise in experiment_datasets(cfg, "unsupervised"):
-        paths += [f"{s}.pt" for s in job_run_stems(cfg, "unsupervised", noise, "vae")]
+        paths.append(job_manifest_path("unsupervised", noise, "vae"))
     return list(dict.fromkeys(paths))

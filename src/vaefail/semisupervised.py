@@ -29,8 +29,8 @@ class M2TrainingJob(TrainingJob):
     objective."""
 
     def __init__(self, settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
-                 data_paths: list[str], out_stems: list[str], device: str = "cpu"):
-        super().__init__(settings, experiment, dataset, setting_id, out_stems, device)
+                 data_paths: list[str], out_stems: list[str], device: str = "cpu", manifest: str | None = None):
+        super().__init__(settings, experiment, dataset, setting_id, out_stems, device, manifest)
         uci = experiment == "uci"
         self.labels = dataset_labels(dataset)
         self.gt_decoder = GroundTruthDecoder(surrogate_pt) if "gt" in self.inits else None
@@ -69,9 +69,10 @@ class M2TrainingJob(TrainingJob):
 
 
 def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
-                 data_paths: list[str], out_stems: list[str], device: str = "cpu") -> None:
-    """Train one setting of a semi-supervised experiment (semisupervised or uci)."""
-    M2TrainingJob(settings, experiment, dataset, setting_id, surrogate_pt, data_paths, out_stems, device).run()
+                 data_paths: list[str], out_stems: list[str], device: str = "cpu", manifest: str | None = None) -> None:
+    """Train one setting of a semi-supervised experiment (semisupervised, uci or labelshare)."""
+    M2TrainingJob(settings, experiment, dataset, setting_id, surrogate_pt, data_paths, out_stems, device,
+                  manifest).run()
 
 
 def _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, streams, gt_rows, settings, labels, latent_dim,

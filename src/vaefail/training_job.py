@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import torch
 
@@ -40,8 +41,9 @@ class TrainingJob:
     than the common fields, member_fields)."""
 
     def __init__(self, settings: dict, experiment: str, dataset: str, setting_id: str, out_stems: list[str],
-                 device: str):
+                 device: str, manifest: str | None = None):
         self.settings, self.experiment, self.dataset, self.device = settings, experiment, dataset, device
+        self.manifest = manifest
         self.dev = torch_device(device, settings)
         self.setting = grid.find_setting(settings, experiment, setting_id, dataset)
         self.members = grid.job_members(settings, experiment)
@@ -72,6 +74,7 @@ class TrainingJob:
         prov = provenance(settings, self.device)
         chunks = _chunks(len(members), settings["batch_size"] * setting.samples, self.dev)
         n_failed = 0
+        start = time.perf_counter()
         for c, chunk in enumerate(chunks):
             log.info("%s: training members %d-%d of %d (chunk %d/%d)", name,
                      chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
@@ -105,6 +108,10 @@ class TrainingJob:
                 save_torch(self.out_stems[i] + ".pt", member_state(model, j))
                 write_json(self.out_stems[i] + ".json", record)
         report_failures(name, n_failed, len(members))
+        if self.manifest:    # last: its presence says every member's result was written
+            write_json(self.manifest, {"experiment": self.experiment, "dataset": self.dataset, "setting": setting.id,
+                                       "members": len(members), "failed": n_failed,
+                                       "seconds": round(time.perf_counter() - start, 2), "provenance": prov})
 
 
 class VAETrainingJob(TrainingJob):
@@ -112,8 +119,9 @@ class VAETrainingJob(TrainingJob):
     decoder and the encoder phi_GT fitted to it for their data version (gt_encoders)."""
 
     def __init__(self, settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
-                 data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str], device: str = "cpu"):
-        super().__init__(settings, experiment, dataset, setting_id, out_stems, device)
+                 data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str], device: str = "cpu",
+                 manifest: str | None = None):
+        super().__init__(settings, experiment, dataset, setting_id, out_stems, device, manifest)
         self.example = dataset_example(settings, dataset)
         uses_gt = "gt" in self.inits
         self.gt_decoder = GroundTruthDecoder(surrogate_pt, self.example.embedded) if uses_gt else None
@@ -139,10 +147,10 @@ class VAETrainingJob(TrainingJob):
 
 def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
               data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str],
-              device: str = "cpu") -> None:
+              device: str = "cpu", manifest: str | None = None) -> None:
     """Train every restart of every data version of one setting of an unsupervised experiment."""
     VAETrainingJob(settings, experiment, dataset, setting_id, surrogate_pt, data_paths, gt_encoder_paths,
-                   out_stems, device).run()
+                   out_stems, device, manifest).run()
 
 
 def training_settings(settings: dict, setting: grid.Setting, epochs: int) -> TrainSettings:

@@ -31,7 +31,7 @@ rule figure1:
     input:
         settings=SETTINGS_JSON,
         selected=out(catalogue.selected_path("unsupervised")),
-        weights=run_files("unsupervised", ".pt"),
+        runs=manifests("unsupervised"),
         surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"]],
         data=[out(grid.data_path(d, 0)) for d in SETTINGS["unsupervised_datasets"]],
     output:
@@ -56,7 +56,7 @@ rule figure_latent:
     input:
         settings=SETTINGS_JSON,
         selected=out(catalogue.selected_path("latent")),
-        weights=run_files("latent", ".pt"),
+        runs=manifests("latent"),
         surrogate=surrogate_of,
         data=out(grid.data_path("{dataset}", 0)),
     output:

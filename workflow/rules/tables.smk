@@ -26,7 +26,7 @@ rule disentanglement_table:
     input:
         settings=SETTINGS_JSON,
         all_runs=out(catalogue.all_restarts_path("disentangle")),
-        weights=run_files("disentangle", ".pt"),
+        runs=manifests("disentangle"),
         data=[out(grid.data_path(grid.LINEAR_GAUSSIAN, v)) for v in range(grid.n_versions(SETTINGS, "disentangle"))],
     output:
         csv=report(DISENTANGLEMENT_TABLE, caption="../report/disentanglement.rst", category="Claims"),
@@ -47,8 +47,7 @@ rule figure_claims:
     input:
         settings=SETTINGS_JSON,
         selected=[out(catalogue.selected_path(e)) for e in ("unsupervised", "semisupervised")],
-        weights=[*run_files("unsupervised", ".pt"), *run_files("semisupervised", ".pt"), *run_files("labelshare", ".pt")],
-        results=[*run_files("semisupervised", ".json"), *run_files("labelshare", ".json")],
+        runs=manifests("unsupervised", "semisupervised", "labelshare"),
         surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"] + SETTINGS["ss_datasets"]],
         data=[out(grid.data_path(d, v)) for d in SETTINGS["unsupervised_datasets"] for v in VERSIONS]
         + [out(grid.data_path(d, v)) for d in SETTINGS["ss_datasets"] for v in range(SETTINGS["ss_versions"])],
