@@ -17,7 +17,7 @@ def raw():
 
 
 def test_every_preset_resolves(raw):
-    for scale in ("smoke", "default", "paper"):
+    for scale in ("smoke", "default", "decisive", "paper"):
         settings = config.resolve({**raw, "scale": scale})
         assert settings["versions"] >= 1
 

@@ -353,9 +353,11 @@ def test_a_run_killed_during_training_resumes_without_redoing_finished_jobs(raw,
 
     # nothing half-written: no temporary file, every result present is complete
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
-    for result in (tmp_path / "runs").rglob("*.json"):
+    for result in (tmp_path / "runs").rglob("r*.json"):
         assert "status" in json.loads(result.read_text())
         assert isinstance(torch.load(result.with_suffix(".pt"), weights_only=True), dict)
+    for manifest in (tmp_path / "runs").rglob("job.json"):     # written last: its job finished
+        assert json.loads(manifest.read_text())["members"] == len(list(manifest.parent.rglob("r*.json")))
     done = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for w in finished for p in _job_files(tmp_path, settings, w)}
 
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)

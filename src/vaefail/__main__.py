@@ -63,11 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--setting", required=True)
     c.add_argument("--gt-encoders", nargs="*", default=[])
     c.add_argument("--out-stems", nargs="+", required=True)
+    c.add_argument("--manifest", default=None, help="the job's manifest, written after every member's result")
 
     c = training_command("train-ss", "train all alpha x gamma x restarts of one semi-supervised setting")
     c.add_argument("--experiment", required=True)
     c.add_argument("--setting", required=True)
     c.add_argument("--out-stems", nargs="+", required=True)
+    c.add_argument("--manifest", default=None, help="the job's manifest, written after every member's result")
 
     c = command("uci-splits", "verify a UCI data set and write its train/validation/test splits")
     c.add_argument("--dataset", required=True)
@@ -95,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out-theorem1", required=True)
     c.add_argument("--out-separation", required=True)
     c.add_argument("--out-separation-restarts", required=True)
+    c.add_argument("--out-collapse", required=True)
+    c.add_argument("--out-label-share", required=True)
 
     c = command("appendix-k", "appendix K: denoising and attack tables and Figure 5 from the trained models")
     c.add_argument("--outdir", required=True)
@@ -103,9 +107,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out-figure", required=True, help="output path without extension (.pdf and .png)")
     c.add_argument("--threads", type=int, default=1)
 
-    c = command("claims", "score every claim of the paper from the tables: claims.csv")
-    c.add_argument("--tables", nargs="+", required=True, help="the tables' CSV files")
+    c = command("claims", "score every claim of the paper with its evidence: claims.csv")
+    c.add_argument("--outdir", required=True, help="the output folder, whose selected models and tables it reads")
     c.add_argument("--out", required=True)
+
+    c = sub.add_parser("compare-claims", help="two claims tables of one configuration run with different seeds: "
+                       "decided claims in each, class changes and flips between supported and contradicted")
+    c.add_argument("first")
+    c.add_argument("second")
+    c.add_argument("--out", default=None, help="write the changed claims here (CSV)")
+
+    c = command("paper-scale", "the paper's kNN cells against ours on each candidate scale of the statistic, and "
+                               "the evaluation noise of the kNN statistic")
+    c.add_argument("--outdir", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--out-summary", required=True)
+    c.add_argument("--out-null", required=True)
+    c.add_argument("--out-noise", required=True)
 
     c = command("figure", "draw one figure from saved results")
     c.add_argument("--figure", required=True, choices=FIGURE_KINDS)
@@ -131,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 # Errors whose message says all (the file, the cause, the fix): shown without their type.
 EXPLAINED_ERRORS = (ResultWriteError, ResultReadError, ConfigError, DataIntegrityError)
 # Commands that need no torch (and no CPU tuning for it).
-TORCH_FREE_COMMANDS = ("settings", "select", "table", "claims", "record", "paper")
+TORCH_FREE_COMMANDS = ("settings", "select", "table", "claims", "compare-claims", "record", "paper")
 
 
 def main(argv=None) -> None:
@@ -225,6 +243,10 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     if args.command == "settings":
         write_settings(json.loads(args.settings_json), args.out, args.scale)
         return
+    if args.command == "compare-claims":
+        from .claims import write_verdict_comparison
+        write_verdict_comparison(args.first, args.second, args.out)
+        return
     settings = load_settings(args.settings)
     if args.command == "surrogate":
         from .surrogate import make_surrogate
@@ -238,11 +260,11 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "train":
         from .training_job import train_job
         train_job(settings, args.experiment, args.dataset, args.setting, args.surrogate,
-                  args.data, args.gt_encoders, args.out_stems, args.device)
+                  args.data, args.gt_encoders, args.out_stems, args.device, args.manifest)
     elif args.command == "train-ss":
         from .semisupervised import train_ss_job
         train_ss_job(settings, args.experiment, args.dataset, args.setting, args.surrogate, args.data,
-                     args.out_stems, args.device)
+                     args.out_stems, args.device, args.manifest)
     elif args.command == "uci-splits":
         from . import uci
         from .data_files import make_uci_splits
@@ -262,13 +284,16 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
     elif args.command == "figure-claims":
         from .figure_claims import write_figure_claims
         write_figure_claims(settings, args.outdir, args.out_theorem1, args.out_separation,
-                            args.out_separation_restarts)
+                            args.out_separation_restarts, args.out_collapse, args.out_label_share)
     elif args.command == "appendix-k":
         from .appendix_k import write_appendix_k
         write_appendix_k(settings, args.outdir, args.out_denoising, args.out_attack, args.out_figure)
     elif args.command == "claims":
         from .claims import write_claims
-        write_claims(settings, args.tables, args.out)
+        write_claims(settings, args.outdir, args.out)
+    elif args.command == "paper-scale":
+        from .paper_scale import write_paper_scale
+        write_paper_scale(settings, args.outdir, args.out, args.out_summary, args.out_null, args.out_noise)
     elif args.command == "figure":
         from .figures import draw_figure
         draw_figure(settings, args.figure, args.outdir, args.out, dataset=args.dataset, method=args.method)

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from . import grid
-from .catalogue import DISENTANGLEMENT_TABLE, METHOD_TITLES
+from .catalogue import DISENTANGLEMENT_TABLE, DISENTANGLEMENT_VERSIONS, METHOD_TITLES
 from .disentanglement import (
     appendix_f_models,
     disentanglement_scores,
@@ -100,7 +100,7 @@ def closed_form_values(t: LinearGaussianTruth, x: np.ndarray, z: np.ndarray, k: 
 
 
 def trained_values(settings: dict, kept: pd.DataFrame, outdir: Path, test: dict[int, tuple]) -> dict[str, list[dict]]:
-    """Part (b): {row: one {column: value} per version's kept restart}.  test[v] = (x, z)."""
+    """Part (b): {row: one {"version": v, column: value} per version's kept restart}.  test[v] = (x, z)."""
     out: dict[str, list[dict]] = {}
     for setting in grid.experiment_settings(settings, "disentangle"):
         row = method_row(setting.method, setting.samples)
@@ -111,26 +111,36 @@ def trained_values(settings: dict, kept: pd.DataFrame, outdir: Path, test: dict[
             x, z = test[version]
             codes = encoder_codes(load_member(outdir / f"{stem}.pt"), x)[0].numpy()
             scores = disentanglement_scores(codes, z, settings["mi_neighbours"])
-            out[row].append({LOG_PX: run["log_px_test"], ELBO: run["elbo_test"], BOUND: run["objective_test"],
-                             MIG: float(scores["mig"]), MIG_NATS: float(scores["mig_nats"])})
+            out[row].append({"version": version, LOG_PX: run["log_px_test"], ELBO: run["elbo_test"],
+                             BOUND: run["objective_test"], MIG: float(scores["mig"]),
+                             MIG_NATS: float(scores["mig_nats"])})
     return out
 
 
-def disentanglement_cells(settings: dict, kept: pd.DataFrame, outdir: str | Path) -> pd.DataFrame:
-    """The tidy table (tables.COLUMNS) from the kept restarts (rows of selection's all-restarts
-    file with kept_restart) and the data and weights under outdir."""
+def disentanglement_versions(settings: dict, kept: pd.DataFrame, outdir: str | Path) -> pd.DataFrame:
+    """One row per (model row, version): its LOG_PX, ELBO, MIG, MIG_NATS (and BOUND for the
+    trained models), from the kept restarts (rows of selection's all-restarts file with
+    kept_restart) and the data and weights under outdir.  The claims pair these by version."""
     outdir = Path(outdir)
     t = truth(settings)
     test = {}
     for v in range(grid.n_versions(settings, "disentangle")):
         data = load_npz(outdir / grid.data_path(grid.LINEAR_GAUSSIAN, v))
         test[v] = (data["x_test"], data["z_test"])
-    per_version = [closed_form_values(t, x, z, settings["mi_neighbours"]) for x, z in test.values()]
-    cells = [cell(DISENTANGLEMENT_TABLE, row, column, [values[row][column] for values in per_version])
-             for row in MODEL_ROWS.values() for column in (LOG_PX, ELBO, MIG, MIG_NATS)]
+    rows = [{"row": row, "version": v, **values}
+            for v, (x, z) in test.items()
+            for row, values in closed_form_values(t, x, z, settings["mi_neighbours"]).items()]
     for row, runs in trained_values(settings, kept, outdir, test).items():
-        cells += [cell(DISENTANGLEMENT_TABLE, row, column, [run[column] for run in runs])
-                  for column in (LOG_PX, ELBO, MIG, MIG_NATS, BOUND)]
+        rows += [{"row": row, **run} for run in runs]
+    return pd.DataFrame(rows, columns=["row", "version", LOG_PX, ELBO, MIG, MIG_NATS, BOUND])
+
+
+def disentanglement_cells(versions: pd.DataFrame) -> pd.DataFrame:
+    """The tidy table (tables.COLUMNS): mean and sd over versions of each row's columns."""
+    cells = []
+    for row, frame in versions.groupby("row", sort=False):
+        columns = (LOG_PX, ELBO, MIG, MIG_NATS) + ((BOUND,) if frame[BOUND].notna().any() else ())
+        cells += [cell(DISENTANGLEMENT_TABLE, row, column, frame[column]) for column in columns]
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
@@ -155,8 +165,10 @@ def build_disentanglement_table(settings: dict, all_restarts_csv: str, outdir: s
     runs = read_csv(all_restarts_csv, required=("setting", "version", "restart", "status", "kept_restart",
                                                 "log_px_test", "elbo_test", "objective_test"))
     kept = runs[runs["kept_restart"].astype(bool) & (runs["status"] == "ok")]
-    cells = disentanglement_cells(settings, kept, outdir)
+    versions = disentanglement_versions(settings, kept, outdir)
+    cells = disentanglement_cells(versions)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out_csv, cells.to_csv(index=False).encode())
+    write_bytes(Path(out_csv).with_name(f"{DISENTANGLEMENT_VERSIONS}.csv"), versions.to_csv(index=False).encode())
     tex = to_latex(cells, caption(settings), f"tab:{DISENTANGLEMENT_TABLE}")
     write_bytes(Path(out_csv).with_suffix(".tex"), tex.encode())

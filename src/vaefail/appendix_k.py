@@ -94,7 +94,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from . import grid  # noqa: E402
-from .catalogue import DATASET_TITLES, method_legend  # noqa: E402
+from .catalogue import APPENDIX_K_POINTS, DATASET_TITLES, method_legend  # noqa: E402
 from .ensembles import load_member  # noqa: E402
 from .figures import common as FIG  # noqa: E402
 from . import projection as PJ  # noqa: E402
@@ -119,6 +119,7 @@ DENOISING_COLUMNS = ["dataset", "model", "experiment", "method", "setting", "lat
                      "version", "restart", "init", "sigma2_learned", "sigma2_learned_min", "sigma2_learned_max",
                      "sigma2_true", "data_dim", "noise", "observed_noise", "projection_error", "ratio",
                      "n_points", "note"]
+POINT_COLUMNS = ["dataset", "model", "point", "correct", "minimal_budget_in_sigma"]
 ATTACK_COLUMNS = ["dataset", "classifier", "attack_gain", "model", "experiment", "method", "setting",
                   "latent_dim", "sigma2_learned", "sigma2_true", "version", "restart", "denoising_ratio",
                   "budget_in_sigma", "budget", "n_points", "n_correct", "clean_accuracy", "success_rate",
@@ -474,7 +475,12 @@ def identity_candidate(dataset: str, data_dim: int) -> Candidate:
                      sigma2=np.zeros(1), project=PJ.identity_projector)
 
 
-def attack_rows(settings: dict, setup: AttackSetup, candidates: list[Candidate], ratios: dict) -> list[dict]:
+def attack_rows(settings: dict, setup: AttackSetup, candidates: list[Candidate], ratios: dict,
+                points: list | None = None) -> list[dict]:
+    """The attack table's rows of one data set; with `points` (a list), also one row per
+    (model, attacked point) appended to it: whether the projection classifies the point
+    correctly without attack and the smallest budget (in units of the true sigma) that flipped
+    it (inf: none did) -- the paired outcomes the claims compare between projections."""
     rows = []
     steps, restarts = int(settings["attack_steps"]), int(settings["attack_restarts"])
     n = setup.x.shape[0]
@@ -492,6 +498,11 @@ def attack_rows(settings: dict, setup: AttackSetup, candidates: list[Candidate],
                                generator=gen)
             minimal = result.minimal_budget[0]
             n_correct = int(np.isfinite(minimal).sum() + np.isinf(minimal).sum())
+            if points is not None:
+                sigma = math.sqrt(setup.truth.sigma2)
+                points += [{"dataset": setup.truth.dataset, "model": c.model, "point": i,
+                            "correct": bool(not np.isnan(m)), "minimal_budget_in_sigma": float(m) / sigma}
+                           for i, m in enumerate(minimal)]
         for j, (b, rel) in enumerate(zip(setup.budgets, setup.budgets_in_sigma, strict=True)):
             row = dict(head, budget=float(b), budget_in_sigma=float(rel))
             if c.ok and n:
@@ -510,7 +521,8 @@ def attack_datasets(settings: dict) -> list[str]:
     return [d for d in grid.experiment_datasets(settings, "latent") if example(d).embedded]
 
 
-def attack_table(settings: dict, outdir, denoising: pd.DataFrame | None = None) -> pd.DataFrame:
+def attack_table(settings: dict, outdir, denoising: pd.DataFrame | None = None,
+                 points: list | None = None) -> pd.DataFrame:
     """Success rate of an L2 attack at each budget, one row per (data set, model, budget).
 
     For each 5-D data set of the latent experiment, the classifier of the module docstring
@@ -543,7 +555,7 @@ def attack_table(settings: dict, outdir, denoising: pd.DataFrame | None = None) 
         cands.append(identity_candidate(dataset, setup.truth.plane.D))
         ratios = {m: v for (d, m), v in ratios_by.items() if d == dataset}
         ratios.setdefault("no defence (identity)", 1.0)
-        rows += attack_rows(settings, setup, cands, ratios)
+        rows += attack_rows(settings, setup, cands, ratios, points)
     return pd.DataFrame(rows, columns=ATTACK_COLUMNS)
 
 
@@ -993,9 +1005,12 @@ def write_appendix_k(settings: dict, outdir, out_denoising_csv, out_attack_csv, 
     write_table(denoising, out_denoising_csv, denoising_latex(denoising, settings))
     log.info("appendix K: denoising table, %d rows (%d without a model) -> %s", len(denoising),
              int(denoising["ratio"].isna().sum()), out_denoising_csv)
-    attack = attack_table(settings, outdir, denoising)
+    points = []
+    attack = attack_table(settings, outdir, denoising, points)
     write_table(attack, out_attack_csv, attack_latex(attack, settings))
     log.info("appendix K: attack table, %d rows -> %s", len(attack), out_attack_csv)
+    points_csv = Path(out_attack_csv).with_name(f"{APPENDIX_K_POINTS}.csv")
+    write_bytes(points_csv, pd.DataFrame(points, columns=POINT_COLUMNS).to_csv(index=False).encode())
     caption = draw_figure5(settings, outdir, out_figure_stem, attack, denoising)
     log.info("appendix K: Figure 5 -> %s.pdf, .png", out_figure_stem)
     return caption

@@ -65,8 +65,21 @@ SEMI_SUPERVISED_TABLES = tuple(name for name in TABLES if is_semi_supervised(nam
 FIGURE_CLAIM_TABLES = ("theorem1", "separation")
 DISENTANGLEMENT_TABLE = "disentanglement"
 APPENDIX_K_TABLES = ("appendix_k_denoising", "appendix_k_attack")
+# Per-version, per-restart or per-point rows behind the claims, written beside the tables above.
+DISENTANGLEMENT_VERSIONS = "disentanglement-versions"
+APPENDIX_K_POINTS = "appendix_k_attack_points"
+SEPARATION_RESTARTS = "separation-restarts"
+COLLAPSE_TABLE = "collapse"                   # J of collapsed against separated restarts
+LABEL_SHARE_TABLE = "separation-labelshare"   # separation against the share of observed labels
+# The paper's kNN cells on each candidate scale of the statistic, and the summary counts.
+PAPER_SCALE_TABLES = ("paper-scale", "paper-scale-summary", "paper-scale-null")
+EVALUATION_NOISE_TABLE = "evaluation-noise"
 CLAIM_TABLES = (*FIGURE_CLAIM_TABLES, DISENTANGLEMENT_TABLE, *APPENDIX_K_TABLES)
 CLAIMS_TABLE = "claims"
+# What the claims table reads: each experiment's selected models and the analyses' rows.
+CLAIM_EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci", "disentangle")
+CLAIM_ANALYSES = ("theorem1", "separation", COLLAPSE_TABLE, DISENTANGLEMENT_VERSIONS, "appendix_k_denoising",
+                  APPENDIX_K_POINTS)
 
 
 def table_path(name: str, suffix: str = ".csv") -> str:
@@ -78,17 +91,26 @@ def selected_path(experiment: str) -> str:
     return f"selected/{experiment}.csv"
 
 
+def claim_inputs(settings: dict) -> list[str]:
+    """The files (relative to the output folder) the claims table reads."""
+    active = grid.active_experiments(settings)
+    return ([selected_path(e) for e in CLAIM_EXPERIMENTS if e in active]
+            + [table_path(name) for name in CLAIM_ANALYSES])
+
+
 def all_restarts_path(experiment: str) -> str:
     """Every restart of an experiment, with whether selection kept it."""
     return f"selected/{experiment}-all-restarts.csv"
 
 
 # --- figures (each is drawn as .pdf and .png; paths without extension unless given) ---------
-FIGURE_KINDS = ("panels", "figure1", "latent", "figure2", "ss-panels")
+FIGURE_KINDS = ("panels", "figure1", "latent", "figure2", "ss-panels", "forest", "label-share")
 FIGURE1 = "figures/figure1"
 FIGURE2 = "figures/figure2"
 FIGURE2_DATASET = "discrete-semicircle"
 FIGURE5 = "figures/figure5"
+FOREST_FIGURE = "figures/claims-forest"       # every claim's effect and interval
+LABEL_SHARE_FIGURE = "figures/collapse-labelshare"
 
 
 def panel_figure(dataset: str, method: str, suffix: str = "") -> str:

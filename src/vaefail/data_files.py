@@ -111,10 +111,24 @@ def load_versions(paths: list[str], split: str, dtype, device) -> torch.Tensor:
     return torch.stack([torch.from_numpy(load_npz(p)[f"x_{split}"]) for p in paths]).to(dtype).to(device)
 
 
-def load_ss_versions(paths: list[str], labels: Labels, dtype, device) -> dict:
+def relabelled(arrays: dict, fraction: float, seed: int, dataset: str, version: int) -> dict:
+    """A version's arrays with a fresh random `fraction` of its training and validation labels
+    observed (the labelshare experiment), drawn from a seed of its own."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "labels", dataset, version, f"{fraction:g}"))
+    out = dict(arrays)
+    for split in ("train", "valid"):
+        out[f"labelled_{split}"] = _labelled_mask(len(arrays[f"y_{split}"]), fraction, gen)
+    return out
+
+
+def load_ss_versions(paths: list[str], labels: Labels, dtype, device, label_fraction: float | None = None,
+                     seed: int = 0, dataset: str = "") -> dict:
     """Stack each version's arrays: the training split as unlabelled/labelled parts, the
-    validation split likewise and whole, the test split, and per-version cohort samples."""
+    validation split likewise and whole, the test split, and per-version cohort samples.
+    With label_fraction, each version's observed labels are drawn afresh at that share."""
     files = [load_npz(p) for p in paths]
+    if label_fraction is not None:
+        files = [relabelled(f, label_fraction, seed, dataset, v) for v, f in enumerate(files)]
 
     def stack(key, select=None, encode=False):
         parts = []

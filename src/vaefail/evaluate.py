@@ -117,8 +117,10 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
         "sigma2_closed_form": closed_form_sigma2(model, data["train"], streams, repeats),
     }
     for split in ("valid", "test"):
-        samples_x = vae_samples(model, data[split].shape[1], StreamNoise(streams, f"samples-{split}"))
-        metrics[f"knn_{split}"] = knn_statistics(samples_x, data[split], settings)
+        n = data[split].shape[1]
+        knn = knn_over_draws(lambda purpose: vae_samples(model, n, StreamNoise(streams, purpose)),
+                             f"samples-{split}", data[split], settings)
+        metrics.update({f"knn_{split}{suffix}": values for suffix, values in knn.items()})
     codes = latent_codes(model, data["test"], streams)
     metrics["mi_test"] = torch.stack([ksg_mutual_information(data["test"].double(), codes[..., k].double(),
                                                              settings["mi_neighbours"])
@@ -133,7 +135,7 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
         row = {"status": "ok"}
         for name, values in metrics.items():
             v = values[m]
-            row[name] = v.tolist() if v.ndim else float(v)
+            row[name] = v.tolist() if v.ndim else json_number(float(v))
         row["sigma2"] = sigma2[m].tolist()
         if not all(math.isfinite(v) for v in [row["objective_valid"], *row["sigma2"]]):
             results.append({"status": "failed", "reason": "non-finite evaluation"})
@@ -142,7 +144,25 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
     return results
 
 
-def knn_statistics(model_x: torch.Tensor, true_x: torch.Tensor, settings: dict) -> torch.Tensor:
-    """Smooth kNN statistic of each member's samples (M, n, D) against its data (M, n', D), in
-    float64 on their device: (M,), NaN for a member whose samples are not all finite."""
-    return smooth_knn_statistics(model_x.double(), true_x.double(), settings["knn_k"], settings["knn_temperature"])
+def knn_over_draws(draw_samples, purpose: str, true_x: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
+    """The smooth kNN statistic of each member's samples against true_x, averaged over
+    `knn_draws` independent draws of the samples (draw_samples(purpose) -> (M, n, D); draw 0
+    uses `purpose` itself, so one draw gives the numbers of a single evaluation), with:
+    "" the mean statistic, "_deficit" the mean unstandardised statistic (the cross-sample
+    deficit, 1 - t / E_null[t]) and "_draw_sd" the statistic's sd over the draws (the
+    evaluation noise of one draw; NaN with one draw).  Each (M,) float64."""
+    values, deficits = [], []
+    for draw in range(settings["knn_draws"]):
+        samples_x = draw_samples(purpose if draw == 0 else f"{purpose}-draw{draw}")
+        value, deficit = smooth_knn_statistics(samples_x.double(), true_x.double(), settings["knn_k"],
+                                               settings["knn_temperature"], with_deficit=True)
+        values.append(value)
+        deficits.append(deficit)
+    values, deficits = torch.stack(values), torch.stack(deficits)
+    spread = values.std(0) if len(values) > 1 else torch.full_like(values[0], math.nan)
+    return {"": values.mean(0), "_deficit": deficits.mean(0), "_draw_sd": spread}
+
+
+def json_number(value: float) -> float | None:
+    """A metric for a result file: NaN (e.g. the draw sd of a single draw) as null."""
+    return value if math.isfinite(value) else None

@@ -27,6 +27,7 @@ import torch
 from . import grid
 from . import posteriors as P
 from .catalogue import METHOD_TITLES
+from .collapse import collapse_pairs, label_share_table
 from .datasets import example
 from .ensembles import load_member
 from .figures.common import GRID_1D, read_selected, selected_row, selected_stem
@@ -114,32 +115,39 @@ def separation_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "discrete-semicircle") -> pd.DataFrame:
+def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "discrete-semicircle",
+                          experiment: str = "semisupervised") -> pd.DataFrame:
     """Label separation of every restart of every (alpha, gamma) on one Semi-Circle, beside its
     setting, initialisation, validation scores and whether selection kept it: what besides the
-    z-posterior decides whether f collapses (gamma, alpha, the start, selection)."""
+    z-posterior decides whether f collapses (gamma, alpha, the start, selection, and -- in the
+    labelshare experiment -- the share of observed labels)."""
     outdir = Path(outdir)
-    if dataset not in settings["ss_datasets"]:
+    if dataset not in grid.experiment_datasets(settings, experiment):
         return pd.DataFrame()
     ex = example(dataset)
     z_grid = P.uniform_grid(*GRID_1D)
-    selected = read_selected(outdir, "semisupervised")
-    chosen = {selected_stem("semisupervised", row, int(row["version"]))
-              for _, row in selected[selected["dataset"] == dataset].iterrows()}
+    chosen = set()
+    if experiment == "semisupervised":
+        selected = read_selected(outdir, "semisupervised")
+        chosen = {selected_stem("semisupervised", row, int(row["version"]))
+                  for _, row in selected[selected["dataset"] == dataset].iterrows()}
     rows = []
-    for setting in grid.experiment_settings(settings, "semisupervised", dataset):
-        for member in grid.job_members(settings, "semisupervised"):
-            stem = grid.member_stem("semisupervised", dataset, setting.id, member)
+    for setting in grid.experiment_settings(settings, experiment, dataset):
+        for member in grid.job_members(settings, experiment):
+            stem = grid.member_stem(experiment, dataset, setting.id, member)
             record = read_json(outdir / f"{stem}.json")
             value = math.nan
             if record["status"] == "ok":
                 model = load_member(outdir / f"{stem}.pt")
                 value = label_separation(P.m2_decoder(model), ex.label_kind, ex.classes, ex.cohorts, z_grid)
             rows.append({"dataset": dataset, "unlabelled_posterior": setting.unlabelled_posterior,
-                         "method": setting.method, "setting": setting.id, "alpha": member.alpha,
-                         "gamma": member.gamma, "version": member.version, "restart": member.restart,
-                         "init": record.get("init"), "status": record["status"],
+                         "method": setting.method, "setting": setting.id,
+                         "label_fraction": setting.label_fraction if setting.label_fraction is not None
+                         else float(settings["label_fraction"]),
+                         "alpha": member.alpha, "gamma": member.gamma, "version": member.version,
+                         "restart": member.restart, "init": record.get("init"), "status": record["status"],
                          "objective_valid": record.get("objective_valid"), "knn_valid": record.get("knn_valid"),
+                         "converged": record["train"].get("converged"),
                          "selected": stem in chosen, "separation": value})
     return pd.DataFrame(rows)
 
@@ -166,12 +174,22 @@ def summary_cells(name: str, frame: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def write_figure_claims(settings: dict, outdir: str, out_theorem1: str, out_separation: str,
-                        out_separation_restarts: str) -> None:
+                        out_separation_restarts: str, out_collapse: str, out_label_share: str) -> None:
     """The two tables, per version (CSV) and summarised over versions (booktabs .tex beside),
-    and the separation of every restart on the Discrete Semi-Circle (CSV)."""
-    write_bytes(out_separation_restarts, separation_by_restart(settings, outdir).to_csv(index=False).encode())
+    the separation of every restart on the Discrete Semi-Circle (CSV), the objective J of its
+    collapsed against its separated restarts (CSV) and its separation against the share of
+    observed labels (CSV)."""
+    restarts = separation_by_restart(settings, outdir)
+    write_bytes(out_separation_restarts, restarts.to_csv(index=False).encode())
     shares = theorem1_table(settings, outdir)
     separation = separation_table(settings, outdir)
+    truth = separation[(separation["dataset"] == "discrete-semicircle") & (separation["model"] == TRUTH)]
+    truth_separation = float(truth["separation"].mean()) if len(truth) else math.nan
+    pairs = collapse_pairs(settings, outdir, restarts, truth_separation)
+    write_bytes(out_collapse, pairs.to_csv(index=False).encode())
+    share = label_share_table(settings, restarts, separation_by_restart(settings, outdir, experiment="labelshare")) \
+        if len(restarts) else pd.DataFrame()
+    write_bytes(out_label_share, share.assign(separation_truth=truth_separation).to_csv(index=False).encode())
     for frame, value, path, caption in (
             (shares, "share", out_theorem1,
              f"\\textbf{{Theorem 1, measured.}} Share of test points whose exact posterior $p(z|x)$ has more than "

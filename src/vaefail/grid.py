@@ -16,14 +16,21 @@ Experiments:
                   data splits, all restarts random.
   disentangle     Appendix F: VAE and IWAE with K = 2 on data of a linear-Gaussian truth
                   (config key linear_gaussian), sigma^2 fixed at the truth, all restarts random.
+  labelshare      Figure 2's collapse against the labelled share: the semisupervised
+                  experiment's VAE (the first z-posterior) on the Discrete Semi-Circle, with
+                  each share of observed labels in ss_label_fractions (one job each); the share
+                  label_fraction itself is the semisupervised experiment's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
 
-EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci", "disentangle")
-SEMI_SUPERVISED_EXPERIMENTS = ("semisupervised", "uci")
+EXPERIMENTS = ("unsupervised", "noise", "latent", "semisupervised", "uci", "disentangle", "labelshare")
+SEMI_SUPERVISED_EXPERIMENTS = ("semisupervised", "uci", "labelshare")
+# The synthetic semi-supervised experiments: their own versions, restarts and epochs (ss_*).
+SEMI_CIRCLE_EXPERIMENTS = ("semisupervised", "labelshare")
+LABEL_SHARE_DATASET = "discrete-semicircle"
 METHODS = ("vae", "lin", "iwae")
 UCI_DATASETS = ("diabetic-retinopathy", "contraceptive", "titanic")
 # Appendix F's data: drawn from a linear-Gaussian truth (vaefail.appendix_f), no surrogate decoder.
@@ -43,6 +50,7 @@ class Setting:
     lin_threshold: float | None = None    # T
     lin_inner_steps: int | None = None    # R
     unlabelled_posterior: str | None = None   # M2: "x" = q(z|x) in U (the paper), "xy" = q(z|x,y)
+    label_fraction: float | None = None       # labelshare: the share of observed labels
 
     @property
     def id(self) -> str:
@@ -55,6 +63,8 @@ class Setting:
             parts.append(f"K{self.latent_dim}")
         if self.unlabelled_posterior == "xy":
             parts.append("qzxy")
+        if self.label_fraction is not None:
+            parts.append(f"L{self.label_fraction:g}")
         return "-".join(parts)
 
     @property
@@ -85,7 +95,14 @@ def experiment_datasets(cfg: dict, experiment: str) -> list[str]:
         return list(cfg["uci_datasets"])
     if experiment == "disentangle":
         return [LINEAR_GAUSSIAN]
+    if experiment == "labelshare":
+        return [LABEL_SHARE_DATASET] if LABEL_SHARE_DATASET in cfg["ss_datasets"] and cfg["ss_label_fractions"] else []
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
+
+
+def active_experiments(cfg: dict) -> list[str]:
+    """The experiments with at least one data set in this configuration."""
+    return [e for e in EXPERIMENTS if experiment_datasets(cfg, e)]
 
 
 def _method_settings(cfg: dict, experiment: str, **fixed) -> list[Setting]:
@@ -126,6 +143,10 @@ def experiment_settings(cfg: dict, experiment: str, dataset: str | None = None) 
         k = LINEAR_GAUSSIAN_LATENT_DIM
         return [Setting(experiment, "vae", latent_dim=k),
                 *(Setting(experiment, "iwae", latent_dim=k, samples=s) for s in cfg["iwae_samples"])]
+    if experiment == "labelshare":
+        variant = cfg["ss_unlabelled_posteriors"][0]
+        return [Setting(experiment, "vae", unlabelled_posterior=variant, label_fraction=float(f))
+                for f in cfg["ss_label_fractions"]]
     raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
 
 
@@ -139,19 +160,20 @@ def find_setting(cfg: dict, experiment: str, setting_id: str, dataset: str | Non
 
 def n_versions(cfg: dict, experiment: str) -> int:
     """Data versions (UCI: data splits) of an experiment."""
-    return {"uci": cfg["uci_splits"], "semisupervised": cfg["ss_versions"]}.get(experiment, cfg["versions"])
+    return {"uci": cfg["uci_splits"], "semisupervised": cfg["ss_versions"],
+            "labelshare": cfg["ss_versions"]}.get(experiment, cfg["versions"])
 
 
 def experiment_epochs(cfg: dict, experiment: str) -> int:
     """Training epochs of an experiment's jobs."""
-    return {"uci": cfg["uci_epochs"], "semisupervised": cfg["ss_epochs"],
+    return {"uci": cfg["uci_epochs"], "semisupervised": cfg["ss_epochs"], "labelshare": cfg["ss_epochs"],
             "disentangle": cfg["linear_gaussian"]["epochs"]}.get(experiment, cfg["epochs"])
 
 
 def n_restarts(cfg: dict, experiment: str = "unsupervised") -> int:
     if experiment == "uci":
         return cfg["uci_restarts"]
-    if experiment == "semisupervised":
+    if experiment in SEMI_CIRCLE_EXPERIMENTS:
         return cfg["ss_restarts_random"] + cfg["ss_restarts_gt"]
     return cfg["restarts_random"] + cfg["restarts_gt"]
 
@@ -159,7 +181,7 @@ def n_restarts(cfg: dict, experiment: str = "unsupervised") -> int:
 def restart_init(cfg: dict, setting: Setting, restart: int) -> str:
     """'random' or 'gt': the first restarts_random (ss_restarts_random) restarts are random, the
     rest start at the ground truth; settings without a ground truth use random starts throughout."""
-    n_random = cfg["ss_restarts_random" if setting.experiment == "semisupervised" else "restarts_random"]
+    n_random = cfg["ss_restarts_random" if setting.experiment in SEMI_CIRCLE_EXPERIMENTS else "restarts_random"]
     if restart < n_random or not setting.has_gt_restarts():
         return "random"
     return "gt"
@@ -177,7 +199,7 @@ class Member(NamedTuple):
 
 def member_weights(cfg: dict, experiment: str) -> list[tuple]:
     """The (alpha, gamma, sigma^2) combinations trained within each job of an experiment."""
-    if experiment == "semisupervised":
+    if experiment in SEMI_CIRCLE_EXPERIMENTS:
         return [(a, g, None) for a in cfg["ss_alphas"] for g in cfg["ss_gammas"]]
     if experiment == "uci":
         return [(a, g, s2) for a in cfg["ss_alphas"] for g in cfg["ss_gammas"] for s2 in cfg["uci_sigma2"]]
@@ -237,6 +259,17 @@ def run_stem(experiment: str, dataset: str, setting_id: str, version: int, resta
     return f"runs/{experiment}/{dataset}/{setting_id}/{folder}v{version}/r{restart}"
 
 
+def job_manifest_path(experiment: str, dataset: str, setting_id: str) -> str:
+    """A training job's manifest, written after every member's result: what the workflow asks
+    for instead of each of the job's (up to 1 200) per-restart files."""
+    return f"runs/{experiment}/{dataset}/{setting_id}/job.json"
+
+
+def experiment_manifests(cfg: dict, experiment: str) -> list[str]:
+    return [job_manifest_path(experiment, dataset, setting.id) for dataset in experiment_datasets(cfg, experiment)
+            for setting in experiment_settings(cfg, experiment, dataset)]
+
+
 def job_members(cfg: dict, experiment: str) -> list[Member]:
     """Every member of one training job, in order."""
     return [Member(v, r, a, g, s2) for a, g, s2 in member_weights(cfg, experiment)
@@ -283,9 +316,9 @@ def appendix_k_inputs(cfg: dict) -> list[str]:
     paths += [data_path(d, v) for d in datasets for v in versions]
     if cfg["restarts_gt"] > 0:     # the ground-truth encoders phi_GT are one of its projections
         paths += [gt_encoder_path(d, v) for d in datasets for v in versions]
-    paths += [f"{stem}.pt" for stem in experiment_run_stems(cfg, "latent")]
+    paths += experiment_manifests(cfg, "latent")       # the jobs whose weights it reads
     noise = cfg["noise_dataset"]
-    paths += [f"{s}.pt" for s in job_run_stems(cfg, "noise", noise, "vae")]
+    paths.append(job_manifest_path("noise", noise, "vae"))
     if noise in experiment_datasets(cfg, "unsupervised"):
-        paths += [f"{s}.pt" for s in job_run_stems(cfg, "unsupervised", noise, "vae")]
+        paths.append(job_manifest_path("unsupervised", noise, "vae"))
     return list(dict.fromkeys(paths))

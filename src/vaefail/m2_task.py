@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from . import m2
+from .evaluate import point_chunks
+from .m2 import BOUNDS, M2Ensemble, log_q_labels
 from .randomness import MemberStreams
 from .train import InnerBatches, validation_mutual_information
 
@@ -86,6 +88,11 @@ class M2Task:
         return validation_mutual_information(_EncoderAtMeanLabel(model), self.data["x_valid"], self.rows, streams,
                                              self.epoch, self.K, self.B)
 
+    def validation_objective(self, model, streams: MemberStreams) -> torch.Tensor:
+        """J per unlabelled point on the validation split, one draw of the training bound's samples."""
+        return validation_objective(model, self, self.bound, self.S, 1, streams.child("valid-curve"),
+                                    self.rows.view(-1))
+
 
 class _EncoderAtMeanLabel:
     """The unlabelled bound's z-posterior at y-bar(x) as an unsupervised encoder, for the
@@ -98,3 +105,39 @@ class _EncoderAtMeanLabel:
         out = self.model.classify(x)
         y = torch.softmax(out, -1) if self.model.labels.kind == "discrete" else out[..., :1]
         return self.model.encode_unlabelled(x, y)
+
+
+@torch.no_grad()
+def validation_objective(model: M2Ensemble, task: M2Task, bound: str, samples: int, repeats: int,
+                         streams: MemberStreams, rows: torch.Tensor) -> torch.Tensor:
+    """J (eq. 4, per unlabelled point) on the validation split, averaged over `repeats` draws: (M,)."""
+    total = torch.zeros(model.M, dtype=torch.float64, device=task.data["x_valid"].device)
+    for draw in validation_objective_draws(model, task, bound, samples, repeats, streams, rows):
+        total += draw
+    return (total / repeats).cpu()
+
+
+def validation_objective_draws(model: M2Ensemble, task: M2Task, bound: str, samples: int, repeats: int,
+                               streams: MemberStreams, rows: torch.Tensor):
+    """J per unlabelled point on the validation split for each of `repeats` independent draws
+    of the bound's noise (float64 (M,) each, on the model's device): their mean estimates J,
+    their spread its Monte-Carlo error."""
+    labelled_bound, unlabelled_bound = BOUNDS[bound]
+    d = task.data
+    x_u, x_l, y_l = d["x_valid_unlabelled"][rows], d["x_valid_labelled"][rows], d["y_valid_labelled"][rows]
+    dtype, K = x_u.dtype, model.K
+    C = model.labels.noise_dim
+    for repeat in range(repeats):
+        with torch.no_grad():
+            u = torch.zeros(model.M, dtype=torch.float64, device=x_u.device)
+            for sl in point_chunks(x_u.shape[1], model.M * samples, x_u.device):
+                n = sl.stop - sl.start
+                eps_y = streams.normal("objective-valid/y", (repeat,), (n, samples, C), dtype,
+                                       offset=sl.start * samples * C)
+                eps_z = streams.normal("objective-valid/z", (repeat,), (n, samples, K), dtype,
+                                       offset=sl.start * samples * K)
+                u += unlabelled_bound(model, x_u[:, sl], eps_y, eps_z).sum(1).double()
+            eps_z = streams.normal("objective-valid/z-labelled", (repeat,), (x_l.shape[1], samples, K), dtype)
+            lab = labelled_bound(model, x_l, y_l, eps_z).mean(1).double()
+            disc = log_q_labels(model, x_l, y_l).mean(1).double()
+            yield u / x_u.shape[1] + task.labelled_share * (task.gamma * lab + task.alpha * disc)

@@ -15,25 +15,31 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import evidence as E
 from .catalogue import (
     CLAIMS_TABLE,
+    COLLAPSE_TABLE,
     DATASET_TITLES,
+    EVALUATION_NOISE_TABLE,
+    FOREST_FIGURE,
+    LABEL_SHARE_FIGURE,
     METHOD_TITLES,
-    TABLES,
+    PAPER_SCALE_TABLES,
     latent_figure,
     panel_figure,
+    selected_path,
     ss_panel_figure,
     table_path,
 )
-from .claims import COLLAPSED_FRACTION
+from .convergence import CHECKS, TAIL_SHARE, TOLERANCE
+from .criteria import COLLAPSED_FRACTION
 from .config import ROOT, settings_hash
 from .files import read_csv, read_json
-from .grid import METHODS, all_datasets, base_datasets
+from .grid import METHODS, active_experiments, all_datasets, base_datasets, experiment_epochs
 from .provenance import code_version
 from .tables import tex_label
 
 PAPER_SOURCES = ROOT / "paper"
-AGREEMENT_SDS = 2.0   # "agrees" when |ours - paper| <= 2 * sqrt(sd_ours^2 + sd_paper^2)
 
 
 def tex(text) -> str:
@@ -50,28 +56,115 @@ def _num(v, digits=3) -> str:
     return "--" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
-def verdict(row) -> str:
-    if not np.isfinite(row["paper_mean"]) or not np.isfinite(row["mean"]):
-        return "no paper value"
-    spread = np.sqrt(np.nan_to_num(row["sd"]) ** 2 + np.nan_to_num(row["paper_sd"]) ** 2)
-    return "agrees" if abs(row["mean"] - row["paper_mean"]) <= AGREEMENT_SDS * spread else "differs"
+def _mean_sd(mean, sd, digits=3) -> str:
+    return f"{_num(mean, digits)} $\\pm$ {_num(sd, digits)}"
 
 
-def comparison_rows(tables: dict[str, pd.DataFrame]) -> str:
+def cell_rows(cells: pd.DataFrame) -> str:
+    """Every paper cell against ours (tables/paper-scale.csv): one row per cell, the t scale
+    (native for Table 2 and Theorem 2) and the deficit scale side by side."""
+    if cells.empty:
+        return ""
     lines = []
-    for name, cells in tables.items():
-        for _, row in cells[cells["paper_mean"].notna()].iterrows():
-            lines.append(" & ".join([tex(name), tex_label(row["row"]), tex_label(row["column"]),
-                                     f"{_num(row['mean'])} $\\pm$ {_num(row['sd'])}",
-                                     f"{_num(row['paper_mean'])} $\\pm$ {_num(row['paper_sd'])}",
-                                     verdict(row)]) + " \\\\")
+    for (table, row, column), frame in cells.groupby(["table", "row", "column"], sort=False):
+        by_scale = frame.set_index("scale")
+        first = by_scale.loc["t"] if "t" in by_scale.index else by_scale.iloc[0]
+        parts = [tex(table), tex_label(row), tex_label(column), _mean_sd(first["paper_mean"], first["paper_sd"]),
+                 f"{_mean_sd(first['mean'], first['sd'])} (n={int(first['n'])})", first["status"]]
+        if "deficit" in by_scale.index:
+            d = by_scale.loc["deficit"]
+            parts += [_mean_sd(d["mean"], d["sd"]), d["status"]]
+        else:
+            parts += ["", ""]
+        lines.append(" & ".join(parts) + " \\\\")
+    return "\n".join(lines)
+
+
+def scale_summary_rows(summary: pd.DataFrame) -> str:
+    """Counts per table and scale, then each scale's values under the null."""
+    lines = []
+    for _, r in summary.iterrows():
+        if str(r["table"]).startswith("null"):
+            lines.append(f"{tex(r['table'])} & {r['scale']} & \\multicolumn{{3}}{{l}}{{mean {_num(r['null_mean'])}, "
+                         f"sd {_num(r['null_sd'])}, largest $|\\cdot|$ {_num(r['null_max_abs'])} over "
+                         f"{int(r['cells'])} versions}} \\\\")
+        else:
+            lines.append(f"{tex(r['table'])} & {r['scale']} & {int(r['consistent'])} & {int(r['differs'])} & "
+                         f"{int(r['not comparable'])} \\\\")
     return "\n".join(lines)
 
 
 def claim_rows(claims: pd.DataFrame) -> str:
-    """The claims table (tables/claims.csv) as longtable rows: claim, source, measured, verdict."""
-    return "\n".join(f"{r['claim']} & {tex(r['source'])} & {tex(r['measured'])} & {r['verdict']} \\\\"
-                     for _, r in claims.iterrows())
+    """The claims table (tables/claims.csv) as longtable rows: claim, source, effect with its
+    95 % interval, n, verdict (with the reason where it is inconclusive for want of convergence)."""
+    lines = []
+    for section, rows in claims.groupby("section", sort=False):
+        lines.append(f"\\multicolumn{{5}}{{l}}{{\\textbf{{{tex(section)}}}}} \\\\")
+        for _, r in rows.iterrows():
+            interval = f"{_num(r['effect'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+            if np.isfinite(r["threshold"]) and r["threshold"] != 0:
+                interval += f" vs {_num(r['threshold'])}"
+            note = str(r["note"]) if isinstance(r["note"], str) else ""
+            verdict = r["verdict"] + (" (not converged)" if "not converged" in note else "")
+            lines.append(f"{r['claim']} & {tex(r['source'])} & {interval} & {int(r['n'])} & {verdict} \\\\")
+    return "\n".join(lines)
+
+
+def claim_counts(claims: pd.DataFrame) -> list[str]:
+    counts = claims["verdict"].value_counts()
+    holm_supported = int(((claims["verdict"] == E.SUPPORTED) & (claims["p_holm"] < E.FAMILY_ALPHA)).sum())
+    return [f"\\newcommand{{\\ClaimsScored}}{{{len(claims)}}}",
+            f"\\newcommand{{\\ClaimsSupported}}{{{int(counts.get(E.SUPPORTED, 0))}}}",
+            f"\\newcommand{{\\ClaimsContradicted}}{{{int(counts.get(E.CONTRADICTED, 0))}}}",
+            f"\\newcommand{{\\ClaimsInconclusive}}{{{int(counts.get(E.INCONCLUSIVE, 0))}}}",
+            f"\\newcommand{{\\ClaimsExact}}{{{int(counts.get(E.EXACT, 0))}}}",
+            f"\\newcommand{{\\ClaimsSupportedHolm}}{{{holm_supported}}}",
+            f"\\newcommand{{\\ClaimsNotConverged}}{{{int(claims['note'].fillna('').str.contains('not converged').sum())}}}",
+            f"\\newcommand{{\\ClaimsFewVersions}}{{{int(((claims['verdict'] == E.INCONCLUSIVE) & (claims['n'] < E.MIN_VERSIONS)).sum())}}}"]
+
+
+def could_change_rows(claims: pd.DataFrame) -> str:
+    """The inconclusive claims and what a larger preset would need to decide each."""
+    lines = []
+    for _, r in claims[claims["verdict"] == E.INCONCLUSIVE].iterrows():
+        note = str(r["note"]) if isinstance(r["note"], str) else ""
+        if "not converged" in note:
+            why = "models not converged: longer training (the paper's epochs)"
+        elif r["n"] < E.MIN_VERSIONS:
+            why = f"only {int(r['n'])} versions: more data versions"
+        else:
+            why = "interval spans the threshold: more versions (or a smaller effect than the paper's)"
+        lines.append(f"{r['claim']} & {why} \\\\")
+    return "\n".join(lines)
+
+
+def convergence_rows(outdir: Path, settings: dict) -> str:
+    """Per experiment and method, the share of selected models whose validation curve passed
+    the convergence rule (vaefail.convergence)."""
+    lines = []
+    for experiment in active_experiments(settings):
+        path = outdir / selected_path(experiment)
+        if experiment == "labelshare" or not path.exists():
+            continue
+        selected = read_csv(path)
+        if "converged" not in selected or selected["converged"].isna().all():
+            continue
+        for method, rows in selected.groupby("method", sort=False):
+            flags = rows["converged"].dropna().astype(bool)
+            gain = rows["tail_gain"].astype(float)
+            lines.append(f"{tex(experiment)} & {METHOD_TITLES[method]} & {experiment_epochs(settings, experiment)} & "
+                         f"{int(flags.sum())} of {len(flags)} & {_num(gain.median(), 4)} & {_num(gain.max(), 4)} \\\\")
+    return "\n".join(lines)
+
+
+def evaluation_noise_rows(noise: pd.DataFrame) -> str:
+    lines = []
+    for _, r in noise.iterrows():
+        variant = r.get("unlabelled_posterior")
+        name = DATASET_TITLES.get(r["dataset"], r["dataset"]) + (" [q(z|x,y)]" if variant == "xy" else "")
+        lines.append(f"{tex(r['experiment'])} & {tex_label(name)} & {METHOD_TITLES[r['method']]} & {int(r['versions'])} & "
+                     f"{_num(r['sd_over_versions'], 2)} & {_num(r['draw_sd'], 2)} & {_num(r['noise_share'], 2)} \\\\")
+    return "\n".join(lines)
 
 
 def separation_rows(outdir: Path, settings: dict) -> str:
@@ -98,7 +191,8 @@ def separation_rows(outdir: Path, settings: dict) -> str:
 
 
 def collapse_sentence(outdir: Path) -> str:
-    """What this run found for Figure 2, in words, from tables/separation.csv."""
+    """What this run found for Figure 2, in words, from tables/separation.csv and the collapse
+    claims (tables/claims.csv)."""
     sep = read_csv(outdir / table_path("separation"))
     sep = sep[sep["dataset"] == "discrete-semicircle"]
     if sep.empty:
@@ -114,7 +208,21 @@ def collapse_sentence(outdir: Path) -> str:
         state = "collapsed" if vae < COLLAPSED_FRACTION * truth else "not collapsed"
         parts.append(f"with {name} in $U$ the selected VAE's separation is {_num(vae, 2)} ({state}) and "
                      f"IWAE's {_num(iwae, 2)}")
-    return f"In this run the true separation is {_num(truth, 2)}; " + "; ".join(parts) + "."
+    sentence = f"In this run the true separation is {_num(truth, 2)}; " + "; ".join(parts) + "."
+    pairs = read_csv(outdir / table_path(COLLAPSE_TABLE))
+    claims = read_csv(outdir / table_path(CLAIMS_TABLE))
+    decided = claims[claims["claim"].str.contains("prefers the collapsed")]
+    if pairs.empty:
+        return sentence + (" No setting and version had both a collapsed and a separated VAE restart, so this run "
+                           "cannot say which of the two the objective prefers.")
+    for _, r in decided.iterrows():
+        which = "$q(z|x)$" if "q(z|x)$ in U" in r["claim"] else "$q(z|x,y)$"
+        answer = {E.SUPPORTED: "prefers the collapsed decoder", E.CONTRADICTED: "prefers the separated decoder",
+                  E.INCONCLUSIVE: "cannot be said to prefer either"}.get(r["verdict"], r["verdict"])
+        sentence += (f" With {which} in $U$, the VAE objective $J$ {answer}: $J$(collapsed) $-$ $J$(separated) = "
+                     f"{_num(r['effect'])} nats per point, 95\\,\\% interval [{_num(r['ci_low'])}, "
+                     f"{_num(r['ci_high'])}], over {int(r['n'])} versions.")
+    return sentence
 
 
 def restart_counts(outdir: Path) -> list[str]:
@@ -212,15 +320,30 @@ def ss_figures(settings: dict, outdir: Path) -> str:
         for d in settings["ss_datasets"] for m in METHODS)
 
 
+def label_share_figure(outdir: Path) -> str:
+    path = outdir / f"{LABEL_SHARE_FIGURE}.pdf"
+    if not path.exists():
+        return "The labelled share was not varied in this run (\\texttt{ss\\_label\\_fractions} is empty)."
+    return ("\\begin{figure}[H]\\centering"
+            f"\\includegraphics[width=\\linewidth]{{{path.resolve()}}}"
+            "\\caption{The collapse of Figure~2 against the share of observed labels and $\\gamma$: label separation "
+            "of every VAE restart (the paper's $q(z|x)$ in $U$) relative to the truth's, from random starts (left) and "
+            "from the truth (right); mean $\\pm$ sd over versions and $\\alpha$, dots single restarts.}"
+            "\\label{fig:label-share}\\end{figure}")
+
+
 def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
-    tables = {name: read_csv(outdir / table_path(name)) for name in TABLES}
     version = code_version()
     commit = version["git_commit"] + (" (with uncommitted changes)" if version["git_dirty"] else "")
     time_rows, total = run_time_rows(outdir)
     claims = read_csv(outdir / table_path(CLAIMS_TABLE))
+    cells = read_csv(outdir / table_path(PAPER_SCALE_TABLES[0]))
+    scale_summary = read_csv(outdir / table_path(PAPER_SCALE_TABLES[1]))
+    noise = read_csv(outdir / table_path(EVALUATION_NOISE_TABLE))
     gamma_header = " & ".join(f"$\\gamma={g:g}$" for g in settings["ss_gammas"])
-    verdicts = [verdict(r) for name in tables for _, r in tables[name].iterrows()
-                if np.isfinite(r["paper_mean"])]
+    t_cells = cells[cells["scale"].isin(["t", "native"])] if len(cells) else cells
+    deficit_cells = cells[cells["scale"] == "deficit"] if len(cells) else cells
+    count = lambda frame, status: int((frame["status"] == status).sum()) if len(frame) else 0   # noqa: E731
     return "\n".join([
         "% Generated by vaefail.report from recorded results; do not edit.",
         f"\\newcommand{{\\ResultsDir}}{{{outdir.resolve()}}}",
@@ -236,23 +359,37 @@ def generated_tex(settings: dict, outdir: Path, scale: str) -> str:
         f"\\newcommand{{\\SsRestarts}}{{{settings['ss_restarts_random']} random + {settings['ss_restarts_gt']} ground-truth}}",
         f"\\newcommand{{\\KnnK}}{{{settings['knn_k']}}}",
         f"\\newcommand{{\\KnnTemperature}}{{{settings['knn_temperature']}}}",
+        f"\\newcommand{{\\KnnDraws}}{{{settings['knn_draws']}}}",
         f"\\newcommand{{\\Selection}}{{{tex(settings['selection'])}}}",
         f"\\newcommand{{\\TrainingMinutes}}{{{total / 60:.1f}}}",
-        f"\\newcommand{{\\CellsAgree}}{{{verdicts.count('agrees')}}}",
-        f"\\newcommand{{\\CellsCompared}}{{{len(verdicts)}}}",
-        f"\\newcommand{{\\AgreementSds}}{{{AGREEMENT_SDS:g}}}",
+        f"\\newcommand{{\\CellsCompared}}{{{len(t_cells)}}}",
+        f"\\newcommand{{\\CellsConsistent}}{{{count(t_cells, 'consistent')}}}",
+        f"\\newcommand{{\\CellsDiffer}}{{{count(t_cells, 'differs')}}}",
+        f"\\newcommand{{\\CellsNotComparable}}{{{count(t_cells, 'not comparable')}}}",
+        f"\\newcommand{{\\DeficitCellsCompared}}{{{len(deficit_cells)}}}",
+        f"\\newcommand{{\\DeficitCellsConsistent}}{{{count(deficit_cells, 'consistent')}}}",
+        f"\\newcommand{{\\DeficitCellsDiffer}}{{{count(deficit_cells, 'differs')}}}",
+        f"\\newcommand{{\\DeficitCellsNotComparable}}{{{count(deficit_cells, 'not comparable')}}}",
         f"\\newcommand{{\\SettingsRows}}{{{settings_rows(settings)}}}",
         f"\\newcommand{{\\SurrogateRows}}{{{surrogate_rows(outdir, settings)}}}",
         f"\\newcommand{{\\RunTimeRows}}{{{time_rows}}}",
         f"\\newcommand{{\\GtEncoderRows}}{{{gt_encoder_rows(outdir, settings)}}}",
-        f"\\newcommand{{\\ComparisonRows}}{{{comparison_rows(tables)}}}",
+        f"\\newcommand{{\\CellRows}}{{{cell_rows(cells)}}}",
+        f"\\newcommand{{\\ScaleSummaryRows}}{{{scale_summary_rows(scale_summary)}}}",
         f"\\newcommand{{\\ClaimRows}}{{{claim_rows(claims)}}}",
-        f"\\newcommand{{\\ClaimsHold}}{{{(claims['verdict'] == 'holds').sum()}}}",
-        f"\\newcommand{{\\ClaimsScored}}{{{(claims['verdict'] != 'n/a').sum()}}}",
+        *claim_counts(claims),
+        f"\\newcommand{{\\CouldChangeRows}}{{{could_change_rows(claims)}}}",
+        f"\\newcommand{{\\ForestFigure}}{{{(outdir / f'{FOREST_FIGURE}.pdf').resolve()}}}",
+        f"\\newcommand{{\\ConvergenceRows}}{{{convergence_rows(outdir, settings)}}}",
+        f"\\newcommand{{\\ConvergenceChecks}}{{{CHECKS}}}",
+        f"\\newcommand{{\\ConvergenceTail}}{{{TAIL_SHARE:g}}}",
+        f"\\newcommand{{\\ConvergenceTolerance}}{{{TOLERANCE:g}}}",
+        f"\\newcommand{{\\EvaluationNoiseRows}}{{{evaluation_noise_rows(noise)}}}",
         f"\\newcommand{{\\SeparationRows}}{{{separation_rows(outdir, settings)}}}",
         f"\\newcommand{{\\SeparationGammaColumns}}{{{'c' * (len(settings['ss_gammas']) + 1)}}}",
         f"\\newcommand{{\\SeparationGammaHeader}}{{{gamma_header}}}",
         f"\\newcommand{{\\CollapseSentence}}{{{collapse_sentence(outdir)}}}",
+        f"\\newcommand{{\\LabelShareFigure}}{{{label_share_figure(outdir)}}}",
         f"\\newcommand{{\\CollapsedFraction}}{{{COLLAPSED_FRACTION:g}}}",
         f"\\newcommand{{\\TheoremOneThreshold}}{{{settings['theorem1_threshold']:g}}}",
         *restart_counts(outdir),

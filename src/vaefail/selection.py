@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import grid
 from .config import settings_hash
+from .convergence import tail_gain
 from .files import ResultReadError, check_readable, read_json, write_bytes
 
 IDENTITY = ["experiment", "dataset", "setting", "method", "latent_dim", "samples", "lin_threshold",
@@ -48,6 +49,7 @@ def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFra
             else:
                 row[key] = value
         row["lin_aggressive_epochs"] = record["train"]["lin_aggressive_epochs"]
+        row.update(convergence_columns(record["train"]))
         row["settings_hash"] = record["provenance"]["settings_hash"]
         row["git_commit"] = record["provenance"]["git_commit"]
         rows.append(row)
@@ -58,6 +60,16 @@ def load_runs(settings: dict, experiment: str, outdir: str | Path) -> pd.DataFra
         return grid.weights_folder(none(row["alpha"]), none(row["gamma"]), none(row["sigma2_setting"]))
     runs["hyper"] = runs["setting"] + "/" + runs.apply(folder, axis=1)
     return runs
+
+
+def convergence_columns(train: dict) -> dict:
+    """`converged` (the rule of vaefail.convergence; None where it cannot decide or the result
+    predates the validation curve) and `tail_gain`, the improvement it judged, per point."""
+    if "valid_curve" not in train:
+        return {"converged": None, "tail_gain": None}
+    gain = tail_gain(train["valid_curve_epochs"], [np.nan if v is None else v for v in train["valid_curve"]],
+                     train["epochs"])
+    return {"converged": train.get("converged"), "tail_gain": gain}
 
 
 def best_restarts(runs: pd.DataFrame) -> pd.DataFrame:
@@ -88,10 +100,10 @@ def select_settings(best: pd.DataFrame, selection: str, per_latent_dim: bool = T
 
 def select_experiment(settings: dict, experiment: str, outdir: str, out: str, out_all: str) -> None:
     runs = load_runs(settings, experiment, outdir)
-    runs["kept_restart"] = False
     best = best_restarts(runs)
     keys = ["dataset", "hyper", "version", "restart"]
-    runs.loc[runs.set_index(keys).index.isin(best.set_index(keys).index), "kept_restart"] = True
+    runs["kept_restart"] = runs.set_index(keys).index.isin(best.set_index(keys).index)
+    best["kept_restart"] = True      # every selected row is a kept restart
     selected = select_settings(best, settings["selection"], per_latent_dim=experiment != "uci")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_bytes(out_all, runs.to_csv(index=False).encode())

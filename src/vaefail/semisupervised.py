@@ -11,9 +11,9 @@ from . import grid
 from .data_files import dataset_labels, load_ss_versions
 from .datasets import example
 from .ensembles import build_m2_ensemble
-from .evaluate import bound_draws, knn_statistics, point_chunks
-from .m2 import BOUNDS, M2Ensemble, log_q_labels
-from .m2_task import M2Task
+from .evaluate import json_number, bound_draws, knn_over_draws
+from .m2 import M2Ensemble
+from .m2_task import M2Task, validation_objective
 from .randomness import MemberStreams
 from .sampling import StreamNoise, m2_samples
 from .surrogate import GroundTruthDecoder
@@ -29,12 +29,13 @@ class M2TrainingJob(TrainingJob):
     objective."""
 
     def __init__(self, settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
-                 data_paths: list[str], out_stems: list[str], device: str = "cpu"):
-        super().__init__(settings, experiment, dataset, setting_id, out_stems, device)
+                 data_paths: list[str], out_stems: list[str], device: str = "cpu", manifest: str | None = None):
+        super().__init__(settings, experiment, dataset, setting_id, out_stems, device, manifest)
         uci = experiment == "uci"
         self.labels = dataset_labels(dataset)
         self.gt_decoder = GroundTruthDecoder(surrogate_pt) if "gt" in self.inits else None
-        self.data = load_ss_versions(data_paths, self.labels, torch.float32, self.dev)
+        self.data = load_ss_versions(data_paths, self.labels, torch.float32, self.dev, self.setting.label_fraction,
+                                     settings["seed"], dataset)
         self.data_dim = self.data["x_test"].shape[-1]
         self.hidden = settings["uci_hidden_layers"] if uci else settings["hidden_layers"]
         self.true_sigma2 = None if uci else example(dataset).noise_variance
@@ -68,9 +69,10 @@ class M2TrainingJob(TrainingJob):
 
 
 def train_ss_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
-                 data_paths: list[str], out_stems: list[str], device: str = "cpu") -> None:
-    """Train one setting of a semi-supervised experiment (semisupervised or uci)."""
-    M2TrainingJob(settings, experiment, dataset, setting_id, surrogate_pt, data_paths, out_stems, device).run()
+                 data_paths: list[str], out_stems: list[str], device: str = "cpu", manifest: str | None = None) -> None:
+    """Train one setting of a semi-supervised experiment (semisupervised, uci or labelshare)."""
+    M2TrainingJob(settings, experiment, dataset, setting_id, surrogate_pt, data_paths, out_stems, device,
+                  manifest).run()
 
 
 def _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, streams, gt_rows, settings, labels, latent_dim,
@@ -92,32 +94,6 @@ def _fit_inference_to_true_decoder(model, data, rows, alpha, gamma, streams, gt_
 
 
 # --- evaluation -----------------------------------------------------------------------------
-@torch.no_grad()
-def validation_objective(model: M2Ensemble, task: M2Task, bound: str, samples: int, repeats: int,
-                         streams: MemberStreams, rows: torch.Tensor) -> torch.Tensor:
-    """J (eq. 4, per unlabelled point) on the validation split, averaged over `repeats` draws."""
-    labelled_bound, unlabelled_bound = BOUNDS[bound]
-    d = task.data
-    x_u, x_l, y_l = d["x_valid_unlabelled"][rows], d["x_valid_labelled"][rows], d["y_valid_labelled"][rows]
-    dtype, K = x_u.dtype, model.K
-    total = torch.zeros(model.M, dtype=torch.float64, device=x_u.device)
-    C = model.labels.noise_dim
-    for repeat in range(repeats):
-        u = torch.zeros(model.M, dtype=torch.float64, device=x_u.device)
-        for sl in point_chunks(x_u.shape[1], model.M * samples, x_u.device):
-            n = sl.stop - sl.start
-            eps_y = streams.normal("objective-valid/y", (repeat,), (n, samples, C), dtype,
-                                   offset=sl.start * samples * C)
-            eps_z = streams.normal("objective-valid/z", (repeat,), (n, samples, K), dtype,
-                                   offset=sl.start * samples * K)
-            u += unlabelled_bound(model, x_u[:, sl], eps_y, eps_z).sum(1).double()
-        eps_z = streams.normal("objective-valid/z-labelled", (repeat,), (x_l.shape[1], samples, K), dtype)
-        lab = labelled_bound(model, x_l, y_l, eps_z).mean(1).double()
-        disc = log_q_labels(model, x_l, y_l).mean(1).double()
-        total += u / x_u.shape[1] + task.labelled_share * (task.gamma * lab + task.alpha * disc)
-    return (total / repeats).cpu()
-
-
 def evaluate_m2(model: M2Ensemble, task: M2Task, streams: MemberStreams, rows: torch.Tensor,
                 versions: list[int], bound: str,
                 samples: int, settings: dict, failed: torch.Tensor) -> list[dict]:
@@ -128,10 +104,11 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, streams: MemberStreams, rows: t
     objective_valid = validation_objective(model, task, bound, *bound_draws(bound, samples, settings["eval_samples"]),
                                            streams, rows)
 
-    def knn(split: str) -> torch.Tensor:
+    def knn(split: str) -> dict[str, torch.Tensor]:
         x = d[f"x_{split}"]
-        samples_x = m2_samples(model, x.shape[1], StreamNoise(streams, f"samples-{split}"))
-        return knn_statistics(samples_x, x[rows], settings).cpu()
+        values = knn_over_draws(lambda purpose: m2_samples(model, x.shape[1], StreamNoise(streams, purpose)),
+                                f"samples-{split}", x[rows], settings)
+        return {suffix: v.cpu() for suffix, v in values.items()}
 
     knn_valid, knn_test = knn("valid"), knn("test")
     with torch.no_grad():
@@ -141,8 +118,10 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, streams: MemberStreams, rows: t
             predictive = (out.argmax(-1) == y_test.long()).double().mean(1).cpu()
         else:
             predictive = ((out[..., 0] - y_test) ** 2).double().mean(1).sqrt().cpu()
-    knn_cohorts = torch.stack([cohort_knn_statistics(model, streams, d["cohorts"], i, value, versions, settings)
-                               for i, value in enumerate(d["cohort_values"])], -1)
+    cohort_knn = [cohort_knn_statistics(model, streams, d["cohorts"], i, value, versions, settings)
+                  for i, value in enumerate(d["cohort_values"])]
+    knn_cohorts = torch.stack([values for values, _ in cohort_knn], -1)
+    cohort_deficits = torch.stack([deficits for _, deficits in cohort_knn], -1)
     results = []
     for m in range(model.M):
         if bool(failed[m]) or not math.isfinite(float(objective_valid[m])):
@@ -150,8 +129,11 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, streams: MemberStreams, rows: t
             continue
         results.append({
             "status": "ok", "objective_valid": float(objective_valid[m]),
-            "knn_valid": float(knn_valid[m]), "knn_test": float(knn_test[m]),
+            "knn_valid": float(knn_valid[""][m]), "knn_test": float(knn_test[""][m]),
+            "knn_test_deficit": json_number(float(knn_test["_deficit"][m])),
+            "knn_test_draw_sd": json_number(float(knn_test["_draw_sd"][m])),
             "knn_cohort_test": knn_cohorts[m].tolist(),
+            "knn_cohort_test_deficit": cohort_deficits[m].tolist(),
             "cohort_values": d["cohort_values"],
             ("accuracy_test" if model.labels.kind == "discrete" else "rmse_test"): float(predictive[m]),
             "sigma2": model.log_sigma2[m, 0].exp().double().cpu().tolist(),
@@ -160,19 +142,22 @@ def evaluate_m2(model: M2Ensemble, task: M2Task, streams: MemberStreams, rows: t
 
 
 def cohort_knn_statistics(model: M2Ensemble, streams: MemberStreams, cohorts, i: int, value, versions: list[int],
-                          settings: dict) -> torch.Tensor:
-    """Smooth kNN statistic of each member's samples of p(x | y = value) against its version's
-    cohort i (test points of that class, or ground-truth samples): (M,), NaN where the cohort
-    has no more than knn_k points.  Cohort sizes differ between UCI splits, so the members are
-    evaluated in groups of equal size (samples are drawn per size, as many as the cohort)."""
+                          settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth kNN statistic (mean over knn_draws) of each member's samples of p(x | y = value)
+    against its version's cohort i (test points of that class, or ground-truth samples), and
+    its unstandardised deficit: two (M,), NaN where the cohort has no more than knn_k points.
+    Cohort sizes differ between UCI splits, so the members are evaluated in groups of equal
+    size (samples are drawn per size, as many as the cohort)."""
     out = torch.full((model.M,), float("nan"), dtype=torch.float64)
+    deficit = out.clone()
     sizes = [len(cohorts[v][i]) for v in versions]
     device = model.log_sigma2.device
     for n in sorted(set(sizes)):
         if n <= settings["knn_k"]:
             continue
         members = [m for m, size in enumerate(sizes) if size == n]
-        samples = m2_samples(model, n, StreamNoise(streams, f"samples-cohort{i}-n{n}"), value)[members]
         truth = torch.stack([torch.as_tensor(cohorts[versions[m]][i], dtype=torch.float64) for m in members]).to(device)
-        out[members] = knn_statistics(samples, truth, settings).cpu()
-    return out
+        values = knn_over_draws(lambda purpose: m2_samples(model, n, StreamNoise(streams, purpose), value)[members],
+                                f"samples-cohort{i}-n{n}", truth, settings)
+        out[members], deficit[members] = values[""].cpu(), values["_deficit"].cpu()
+    return out, deficit

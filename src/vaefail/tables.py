@@ -53,21 +53,24 @@ def _by_dataset(selected: pd.DataFrame, order: list[str]):
             yield row_title(dataset), frame
 
 
-def density_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Tables 1, 3, 5: the test smooth kNN statistic of p(x), data sets x methods."""
+def density_table(name: str, selected: pd.DataFrame, order: list[str], metric: str = "knn_test") -> pd.DataFrame:
+    """Tables 1, 3, 5: the test smooth kNN statistic of p(x) (or `metric`, e.g. its
+    unstandardised deficit knn_test_deficit), data sets x methods."""
     cells = []
     for title, frame in _by_dataset(selected, order):
         for method in TABLE_METHOD_ORDER:
             rows = frame[frame["method"] == method]
-            cells.append(cell(name, title, METHOD_TITLES[method], rows["knn_test"]))
+            values = rows[metric] if metric in rows else pd.Series(np.nan, index=rows.index)
+            cells.append(cell(name, title, METHOD_TITLES[method], values))
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
-def cohort_table(name: str, selected: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Tables 4, 6: the test smooth kNN statistic of each cohort p(x | y = c)."""
+def cohort_table(name: str, selected: pd.DataFrame, order: list[str], metric: str = "knn_cohort_test") -> pd.DataFrame:
+    """Tables 4, 6: the test smooth kNN statistic of each cohort p(x | y = c) (or `metric`,
+    e.g. knn_cohort_test_deficit)."""
     cells = []
     for title, frame in _by_dataset(selected, order):
-        cohort_columns = sorted((c for c in frame.columns if re.fullmatch(r"knn_cohort_test_\d+", c)
+        cohort_columns = sorted((c for c in frame.columns if re.fullmatch(rf"{metric}_\d+", c)
                                  and frame[c].notna().any()), key=lambda c: int(c.rsplit("_", 1)[1]))
         for method in TABLE_METHOD_ORDER:
             rows = frame[frame["method"] == method]

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import torch
 
+from .convergence import check_epochs
 from .model import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
 from .nets import MaskedAdam
 from .randomness import MemberStreams
@@ -51,6 +52,7 @@ class TrainSettings:
     learning_rate: float = 1e-3
     lin: LinSettings | None = None
     train_decoder: bool = True       # False: fit the encoder to a frozen decoder
+    record_curve: bool = False       # record the validation objective at convergence.CHECKS epochs
 
 
 @dataclass
@@ -62,6 +64,10 @@ class TrainLog:
     inner_steps: torch.Tensor                # (M,) LIN inner encoder steps taken in total
     seconds: float = 0.0
     history: list = field(default_factory=list)  # per epoch: mean loss of each member
+    # the validation curve: epochs done at each check, and each member's validation objective
+    # (per point) there, (checks, M) float64 -- vaefail.convergence decides from it
+    check_epochs: list = field(default_factory=list)
+    valid_curve: torch.Tensor | None = None
 
 
 class InnerBatches:
@@ -108,6 +114,10 @@ class TrainingTask(Protocol):
     def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
         """LIN: the encoder's I_q(x; z) on each member's validation data, (M,)."""
 
+    def validation_objective(self, model, streams: MemberStreams) -> torch.Tensor:
+        """The training objective per point on each member's validation data, (M,) float64,
+        with the same noise at every call (the convergence check compares calls)."""
+
 
 class VAETask:
     """Unsupervised VAE/IWAE training data and objective, as train_ensemble uses them.
@@ -122,6 +132,7 @@ class VAETask:
         if N % B:
             raise ValueError(f"the training set size {N} is not a multiple of batch_size={B}")
         self.objective, self.S, self.K, self.B = OBJECTIVES[objective], samples, latent_dim, B
+        self.objective_name = objective
         self.train_x, self.valid_x = train_x, valid_x
         self.rows = version_of_member.to(train_x.device).view(-1, 1)
         self.steps_per_epoch = N // B
@@ -151,6 +162,11 @@ class VAETask:
 
     def mutual_information(self, model, streams: MemberStreams) -> torch.Tensor:
         return validation_mutual_information(model, self.valid_x, self.rows, streams, self.epoch, self.K, self.B)
+
+    def validation_objective(self, model, streams: MemberStreams) -> torch.Tensor:
+        from .evaluate import mean_bound   # evaluation sits above training; only this check uses it
+        return mean_bound(model, self.valid_x[self.rows.view(-1)], streams.child("valid-curve"), "objective",
+                          self.objective_name, self.S, 1)
 
 
 @torch.no_grad()
@@ -201,6 +217,8 @@ def train_ensemble(model, task: TrainingTask, streams: MemberStreams, settings: 
     best_mi = torch.zeros(M, dtype=torch.float64, device=device)
     mi_misses = torch.zeros(M, dtype=torch.long, device=device)
     history = []
+    checks = set(check_epochs(settings.epochs)) if settings.record_curve else set()
+    curve = []
     start = last_report = time.perf_counter()
 
     for epoch in range(settings.epochs):
@@ -229,6 +247,9 @@ def train_ensemble(model, task: TrainingTask, streams: MemberStreams, settings: 
             best_mi = torch.where(improved & aggressive, mi, best_mi)
             mi_misses = torch.where(improved, mi_misses, mi_misses + aggressive.long())
             aggressive &= mi_misses < lin.mi_patience
+        if epoch + 1 in checks:
+            with torch.no_grad():
+                curve.append(task.validation_objective(model, streams).to(torch.float64).cpu())
         now = time.perf_counter()
         if now - last_report >= progress_every or epoch == settings.epochs - 1:
             last_report = now
@@ -242,7 +263,8 @@ def train_ensemble(model, task: TrainingTask, streams: MemberStreams, settings: 
     return TrainLog(final_loss=history[-1] if history else torch.full((M,), float("nan")),
                     failed=failed.cpu(), failed_epoch=failed_epoch,
                     aggressive_epochs=aggressive_epochs, inner_steps=inner_total.cpu(),
-                    seconds=time.perf_counter() - start, history=history)
+                    seconds=time.perf_counter() - start, history=history,
+                    check_epochs=sorted(checks), valid_curve=torch.stack(curve) if curve else None)
 
 
 def _backward(model: VAEEnsemble, total: torch.Tensor) -> None:

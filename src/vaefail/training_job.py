@@ -11,10 +11,13 @@ uci).
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 import torch
 
 from . import grid
+from .convergence import converged
 from .data_files import dataset_example, load_versions
 from .ensembles import build_ensemble, member_state
 from .evaluate import evaluate_members
@@ -38,8 +41,9 @@ class TrainingJob:
     than the common fields, member_fields)."""
 
     def __init__(self, settings: dict, experiment: str, dataset: str, setting_id: str, out_stems: list[str],
-                 device: str):
+                 device: str, manifest: str | None = None):
         self.settings, self.experiment, self.dataset, self.device = settings, experiment, dataset, device
+        self.manifest = manifest
         self.dev = torch_device(device, settings)
         self.setting = grid.find_setting(settings, experiment, setting_id, dataset)
         self.members = grid.job_members(settings, experiment)
@@ -70,6 +74,7 @@ class TrainingJob:
         prov = provenance(settings, self.device)
         chunks = _chunks(len(members), settings["batch_size"] * setting.samples, self.dev)
         n_failed = 0
+        start = time.perf_counter()
         for c, chunk in enumerate(chunks):
             log.info("%s: training members %d-%d of %d (chunk %d/%d)", name,
                      chunk.start, chunk.stop - 1, len(members), c + 1, len(chunks))
@@ -95,13 +100,18 @@ class TrainingJob:
                               "lin_aggressive_epochs": int(train_log.aggressive_epochs[j]),
                               "lin_inner_steps_taken": int(train_log.inner_steps[j]),
                               "ensemble_size": len(chunk),
-                              "ensemble_seconds": round(train_log.seconds, 2)},
+                              "ensemble_seconds": round(train_log.seconds, 2),
+                              **validation_curve(train_log, j, self.epochs)},
                     **result,
                     "provenance": prov,
                 }
                 save_torch(self.out_stems[i] + ".pt", member_state(model, j))
                 write_json(self.out_stems[i] + ".json", record)
         report_failures(name, n_failed, len(members))
+        if self.manifest:    # last: its presence says every member's result was written
+            write_json(self.manifest, {"experiment": self.experiment, "dataset": self.dataset, "setting": setting.id,
+                                       "members": len(members), "failed": n_failed,
+                                       "seconds": round(time.perf_counter() - start, 2), "provenance": prov})
 
 
 class VAETrainingJob(TrainingJob):
@@ -109,8 +119,9 @@ class VAETrainingJob(TrainingJob):
     decoder and the encoder phi_GT fitted to it for their data version (gt_encoders)."""
 
     def __init__(self, settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
-                 data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str], device: str = "cpu"):
-        super().__init__(settings, experiment, dataset, setting_id, out_stems, device)
+                 data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str], device: str = "cpu",
+                 manifest: str | None = None):
+        super().__init__(settings, experiment, dataset, setting_id, out_stems, device, manifest)
         self.example = dataset_example(settings, dataset)
         uses_gt = "gt" in self.inits
         self.gt_decoder = GroundTruthDecoder(surrogate_pt, self.example.embedded) if uses_gt else None
@@ -136,10 +147,10 @@ class VAETrainingJob(TrainingJob):
 
 def train_job(settings: dict, experiment: str, dataset: str, setting_id: str, surrogate_pt: str | None,
               data_paths: list[str], gt_encoder_paths: list[str], out_stems: list[str],
-              device: str = "cpu") -> None:
+              device: str = "cpu", manifest: str | None = None) -> None:
     """Train every restart of every data version of one setting of an unsupervised experiment."""
     VAETrainingJob(settings, experiment, dataset, setting_id, surrogate_pt, data_paths, gt_encoder_paths,
-                   out_stems, device).run()
+                   out_stems, device, manifest).run()
 
 
 def training_settings(settings: dict, setting: grid.Setting, epochs: int) -> TrainSettings:
@@ -147,7 +158,18 @@ def training_settings(settings: dict, setting: grid.Setting, epochs: int) -> Tra
     lin = (LinSettings(setting.lin_threshold, setting.lin_inner_steps, settings["lin_mi_patience"])
            if setting.method == "lin" else None)
     return TrainSettings(objective=setting.objective, samples=setting.samples, epochs=epochs,
-                         batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], lin=lin)
+                         batch_size=settings["batch_size"], learning_rate=settings["learning_rate"], lin=lin,
+                         record_curve=True)
+
+
+def validation_curve(train_log: TrainLog, j: int, epochs: int) -> dict:
+    """Member j's validation curve and the convergence rule's verdict on it, for its record."""
+    if train_log.valid_curve is None:
+        return {}
+    values = [float(v) for v in train_log.valid_curve[:, j]]
+    return {"valid_curve_epochs": list(train_log.check_epochs),
+            "valid_curve": [v if math.isfinite(v) else None for v in values],
+            "converged": converged(train_log.check_epochs, values, epochs)}
 
 
 def _chunks(n_members: int, rows_per_member: int, device: torch.device) -> list[range]:

@@ -1,5 +1,6 @@
 # Configuration, grid and paths shared by all rules.  The grid and the path patterns
 # live in the package (vaefail.grid) so that the workflow and the code agree.
+import functools
 import json
 import os
 import shlex
@@ -115,6 +116,51 @@ def run_files(experiment, suffix=".json"):
     return [out(f"{stem}{suffix}") for stem in grid.experiment_run_stems(SETTINGS, experiment)]
 
 
+def manifests(*experiments):
+    """Each training job's manifest (written after all its members' results), standing for the
+    job's results as the input of the rules that read them.  Asking for every per-restart file
+    instead made Snakemake match each of the paper grid's 100 000 against up to 2 400 output
+    patterns of its training rule: minutes before the first job."""
+    return [out(path) for e in experiments for path in grid.experiment_manifests(SETTINGS, e)]
+
+
+@functools.cache
+def stale_runs(experiment):
+    """Per-restart results of the jobs whose manifest exists that are missing, or newer than
+    the experiment's selection: (missing, changed).  One stat per file, before the DAG; not in
+    the Snakemake a cluster job runs (it runs one job, whose inputs are decided)."""
+    if not workflow.is_main_process:
+        return [], []
+    selection = out(catalogue.selected_path(experiment))
+    selection_time = os.stat(selection).st_mtime if os.path.exists(selection) else None
+    missing, changed = [], []
+    for dataset in grid.experiment_datasets(SETTINGS, experiment):
+        for setting in grid.experiment_settings(SETTINGS, experiment, dataset):
+            if not os.path.exists(out(grid.job_manifest_path(experiment, dataset, setting.id))):
+                continue        # the job will run anyway
+            for stem in grid.job_run_stems(SETTINGS, experiment, dataset, setting.id):
+                for suffix in (".json", ".pt"):
+                    path = out(stem + suffix)
+                    try:
+                        if selection_time is not None and os.stat(path).st_mtime > selection_time:
+                            changed.append(path)
+                    except FileNotFoundError:
+                        missing.append(path)
+    return missing, changed
+
+
+def run_inputs(experiment):
+    """What selection asks for: each job's manifest, and the results that are missing (so the
+    job that writes them reruns) or changed since the last selection (so selection reruns and
+    checks them)."""
+    missing, changed = stale_runs(experiment)
+    return manifests(experiment) + missing + changed
+
+
+def job_manifest(experiment="{experiment}"):
+    return out(grid.job_manifest_path(experiment, "{dataset}", "{setting}"))
+
+
 def job_outputs(suffix, experiment="{experiment}", grid_of="unsupervised"):
     """Outputs of one training job: every member of `grid_of`'s jobs, as wildcard patterns."""
     return [
@@ -124,21 +170,18 @@ def job_outputs(suffix, experiment="{experiment}", grid_of="unsupervised"):
 
 
 def panel_runs(wildcards):
-    """Weights of every restart of one (data set, method) of the unsupervised experiment."""
-    return [out(f"{stem}.pt")
+    """The jobs of one (data set, method) of the unsupervised experiment, whose weights the panels read."""
+    return [out(grid.job_manifest_path("unsupervised", wildcards.dataset, setting.id))
             for setting in grid.experiment_settings(SETTINGS, "unsupervised")
-            if setting.method == wildcards.method
-            for stem in grid.job_run_stems(SETTINGS, "unsupervised", wildcards.dataset, setting.id)]
+            if setting.method == wildcards.method]
 
 
 def ss_version0_runs(dataset, methods):
-    """Version-0 weights of every setting of these methods on one semi-supervised data set
-    (which one a figure draws is known only after selection)."""
-    return [out(f"{stem}.pt")
+    """The jobs of every setting of these methods on one semi-supervised data set, whose
+    version-0 weights a figure reads (which one it draws is known only after selection)."""
+    return [out(grid.job_manifest_path("semisupervised", dataset, setting.id))
             for setting in grid.experiment_settings(SETTINGS, "semisupervised")
-            if setting.method in methods
-            for stem in grid.job_run_stems(SETTINGS, "semisupervised", dataset, setting.id)
-            if "/v0/" in stem]
+            if setting.method in methods]
 
 
 def table_files(names):
@@ -167,16 +210,20 @@ TABLES = table_files(catalogue.TABLES)
 DISENTANGLEMENT_TABLE = out(catalogue.table_path(catalogue.DISENTANGLEMENT_TABLE))
 APPENDIX_K_TABLES = table_files(catalogue.APPENDIX_K_TABLES)
 CLAIM_TABLES = table_files(catalogue.CLAIM_TABLES)
+PAPER_SCALE = table_files([*catalogue.PAPER_SCALE_TABLES, catalogue.EVALUATION_NOISE_TABLE])
 CLAIMS = out(catalogue.table_path(catalogue.CLAIMS_TABLE))
+LABEL_SHARE = "labelshare" in grid.active_experiments(SETTINGS)
+CLAIM_FIGURES = figure_files([catalogue.FOREST_FIGURE] + ([catalogue.LABEL_SHARE_FIGURE] if LABEL_SHARE else []))
 FIGURES = [*figure_files([catalogue.FIGURE1]), *FIGURE_PANELS, *LATENT_FIGURES, *SS_FIGURES,
-           *figure_files([catalogue.FIGURE5])]
+           *figure_files([catalogue.FIGURE5]), *CLAIM_FIGURES]
 RECORD = [out("record/runtimes.csv"), out("record/provenance.json")]
-PAPER_TARGETS = [out("paper.pdf"), *TABLES, *CLAIM_TABLES, CLAIMS, *FIGURES, *RECORD]
-# Every per-restart result, asked for by the targets: Snakemake reruns the job of one
-# that was deleted, which it would not do for an intermediate file (the tables are newer).
-UNSUPERVISED_RUNS = [f for e in ("unsupervised", "noise", "latent", "disentangle") for s in (".json", ".pt")
-                     for f in run_files(e, s)]
-SEMISUPERVISED_RUNS = [f for e in grid.SEMI_SUPERVISED_EXPERIMENTS for s in (".json", ".pt") for f in run_files(e, s)]
+PAPER_TARGETS = [out("paper.pdf"), *TABLES, *CLAIM_TABLES, *PAPER_SCALE, CLAIMS, *FIGURES, *RECORD]
+# Every training job's manifest, and every per-restart result that was deleted after its job
+# ran, asked for by the targets: Snakemake reruns the job of a deleted one, which it would not
+# do for an intermediate file (the tables are newer).
+UNSUPERVISED_RUNS = [f for e in ("unsupervised", "noise", "latent", "disentangle")
+                     for f in manifests(e) + stale_runs(e)[0]]
+SEMISUPERVISED_RUNS = [f for e in grid.SEMI_SUPERVISED_EXPERIMENTS for f in manifests(e) + stale_runs(e)[0]]
 
 if REDRAW and workflow.is_main_process:
     # Redraw from saved results: check that every one is there and loads before any job
@@ -184,7 +231,8 @@ if REDRAW and workflow.is_main_process:
     needed = [SETTINGS_JSON, *(out(grid.surrogate_path(b)) for b in grid.base_datasets(SETTINGS))]
     needed += [out(grid.data_path(d, v)) for d in grid.all_datasets(SETTINGS)
                for v in range(grid.dataset_versions(SETTINGS, d))]
-    needed += UNSUPERVISED_RUNS + SEMISUPERVISED_RUNS
+    needed += [f for e in grid.active_experiments(SETTINGS) for suffix in (".json", ".pt")
+               for f in run_files(e, suffix)]
     missing = [p for p in needed if not Path(p).exists()]
     if missing:
         by_folder = {}

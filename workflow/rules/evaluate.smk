@@ -4,9 +4,9 @@
 rule select:
     input:
         settings=SETTINGS_JSON,
-        runs=lambda w: run_files(w.experiment),
-        # read too (each checked whole): a changed weights file reruns selection, which names it
-        weights=lambda w: run_files(w.experiment, ".pt"),
+        # each job's manifest, and every result that is missing or changed since the last
+        # selection (each is checked whole: a damaged one stops selection, which names it)
+        runs=lambda w: run_inputs(w.experiment),
     output:
         selected=out(catalogue.selected_path("{experiment}")),
         all_runs=out(catalogue.all_restarts_path("{experiment}")),

@@ -31,7 +31,7 @@ rule figure1:
     input:
         settings=SETTINGS_JSON,
         selected=out(catalogue.selected_path("unsupervised")),
-        weights=run_files("unsupervised", ".pt"),
+        runs=manifests("unsupervised"),
         surrogates=[out(grid.surrogate_path(d)) for d in SETTINGS["unsupervised_datasets"]],
         data=[out(grid.data_path(d, 0)) for d in SETTINGS["unsupervised_datasets"]],
     output:
@@ -56,7 +56,7 @@ rule figure_latent:
     input:
         settings=SETTINGS_JSON,
         selected=out(catalogue.selected_path("latent")),
-        weights=run_files("latent", ".pt"),
+        runs=manifests("latent"),
         surrogate=surrogate_of,
         data=out(grid.data_path("{dataset}", 0)),
     output:
@@ -127,3 +127,44 @@ rule figure_ss_panels:
     shell:
         "python -m vaefail figure --settings {input.settings:q} --figure ss-panels --outdir {params.outdir:q} "
         "--dataset {wildcards.dataset:q} --method {wildcards.method:q} --out {params.stem:q} --log {log:q}"
+
+
+# The verdicts: every claim's effect and 95 % interval (forest plot); the collapse of Figure 2
+# against the share of observed labels.
+rule figure_forest:
+    input:
+        settings=SETTINGS_JSON,
+        claims=CLAIMS,
+    output:
+        pdf=out(f"{catalogue.FOREST_FIGURE}.pdf"),
+        png=report(out(f"{catalogue.FOREST_FIGURE}.png"), caption="../report/forest.rst", category="Claims"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+    log:
+        out("logs/figures/forest.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail figure --settings {input.settings:q} --figure forest --outdir {params.outdir:q} "
+        "--out {params.stem:q} --log {log:q}"
+
+
+rule figure_label_share:
+    input:
+        settings=SETTINGS_JSON,
+        table=out(catalogue.table_path(catalogue.LABEL_SHARE_TABLE)),
+    output:
+        pdf=out(f"{catalogue.LABEL_SHARE_FIGURE}.pdf"),
+        png=report(out(f"{catalogue.LABEL_SHARE_FIGURE}.png"), caption="../report/label_share.rst",
+                   category="Claims"),
+    params:
+        outdir=lambda w, input: os.path.dirname(input.settings),
+        stem=lambda w, output: output.pdf.removesuffix(".pdf"),
+    log:
+        out("logs/figures/label-share.log"),
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m vaefail figure --settings {input.settings:q} --figure label-share --outdir {params.outdir:q} "
+        "--out {params.stem:q} --log {log:q}"

@@ -5,9 +5,9 @@ rule paper:
     input:
         settings=SETTINGS_JSON,
         sources=sorted(str(p) for p in Path(workflow.basedir, "paper").glob("*.tex")),
-        tables=TABLES + CLAIM_TABLES,
+        tables=TABLES + CLAIM_TABLES + PAPER_SCALE,
         claims=CLAIMS,
-        all_restarts=[out(catalogue.all_restarts_path(e)) for e in grid.EXPERIMENTS],
+        all_restarts=[out(catalogue.all_restarts_path(e)) for e in grid.active_experiments(SETTINGS)],
         figures=FIGURES,
         record=RECORD,
     output:

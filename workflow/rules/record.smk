@@ -5,7 +5,7 @@
 rule run_record:
     input:
         settings=SETTINGS_JSON,
-        runs=[run_files(e) for e in grid.EXPERIMENTS],
+        runs=manifests(*grid.active_experiments(SETTINGS)),
     output:
         runtimes=report(
             out("record/runtimes.csv"),

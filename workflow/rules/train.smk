@@ -11,6 +11,8 @@ rule train:
         data=data_of,
         gt_encoders=gt_encoders_of,
     output:
+        # first: Snakemake matches a requested file against the outputs in this order
+        manifest=job_manifest(),
         results=job_outputs(".json"),
         weights=job_outputs(".pt"),
     params:
@@ -29,7 +31,8 @@ rule train:
         "python -m vaefail train --settings {input.settings:q} --experiment {wildcards.experiment:q} "
         "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} "
         "--surrogate {input.surrogate:q} --data {input.data:q} --gt-encoders {input.gt_encoders:q} "
-        "--out-stems {params.stems:q} --device {params.device:q} --threads {threads} --log {log:q}"
+        "--out-stems {params.stems:q} --manifest {output.manifest:q} --device {params.device:q} "
+        "--threads {threads} --log {log:q}"
 
 
 # M2: one rule per semi-supervised experiment (catalogue.TRAINING_RULES names them), defined
@@ -48,6 +51,7 @@ for ss_experiment in grid.SEMI_SUPERVISED_EXPERIMENTS:
             surrogate=[] if ss_experiment == "uci" else surrogate_of,  # real data: no ground truth
             data=data_of,
         output:
+            manifest=job_manifest(ss_experiment),
             results=job_outputs(".json", ss_experiment, ss_experiment),
             weights=job_outputs(".pt", ss_experiment, ss_experiment),
         params:
@@ -66,5 +70,5 @@ for ss_experiment in grid.SEMI_SUPERVISED_EXPERIMENTS:
         shell:
             "python -m vaefail train-ss --settings {input.settings:q} --experiment {params.experiment:q} "
             "--dataset {wildcards.dataset:q} --setting {wildcards.setting:q} --surrogate {input.surrogate:q} "
-            "--data {input.data:q} --out-stems {params.stems:q} --device {params.device:q} --threads {threads} "
-            "--log {log:q}"
+            "--data {input.data:q} --out-stems {params.stems:q} --manifest {output.manifest:q} "
+            "--device {params.device:q} --threads {threads} --log {log:q}"
