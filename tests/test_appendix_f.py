@@ -7,11 +7,12 @@ import pytest
 import torch
 import yaml
 
-from vaefail import appendix_f, config, grid
-from vaefail import disentanglement as F
-from vaefail.claims import Claims, disentanglement_claims
+from vaefail import config, grid
+from vaefail.analyses import appendix_f
+from vaefail.analyses import disentanglement as F
+from vaefail.report.claims import Claims, disentanglement_claims
 from vaefail.config import ROOT
-from vaefail.ensembles import member_state
+from vaefail.engine.ensembles import member_state
 from vaefail.files import save_torch
 
 

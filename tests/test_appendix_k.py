@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from vaefail import appendix_k as AK
+from vaefail.analyses import appendix_k as AK
 from vaefail import grid
-from vaefail import projection as PJ
-from vaefail.data_files import make_dataset
-from vaefail.datasets import EMBEDDING, clusters, example, figure_eight
-from vaefail.ensembles import build_ensemble, member_state
+from vaefail.analyses import projection as PJ
+from vaefail.data.dataset_files import make_dataset
+from vaefail.data.datasets import EMBEDDING, clusters, example, figure_eight
+from vaefail.engine.ensembles import build_ensemble, member_state
 from vaefail.files import save_torch
 from vaefail.randomness import MemberStreams
-from vaefail.surrogate import make_surrogate
+from vaefail.data.surrogate import make_surrogate
 
 SETTINGS = {
     "seed": 11, "hidden_layers": [16, 16], "versions": 2, "restarts_random": 1, "restarts_gt": 1,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import batched_metrics
-from vaefail.batched_metrics import ksg_mutual_information, smooth_knn_statistics
+from vaefail.evaluation import batched_metrics
+from vaefail.evaluation.batched_metrics import ksg_mutual_information, smooth_knn_statistics
 from vaefail.metrics import ksg_mutual_information as reference_ksg
 from vaefail.metrics import cross_sample_deficit as reference_deficit
 from vaefail.metrics import smooth_knn_statistic as reference_statistic

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from vaefail import claims as C
-from vaefail import evidence as E
+from vaefail.report import claims as C
+from vaefail.report import evidence as E
 from vaefail.convergence import check_epochs, converged, tail_gain
 
 SETTINGS = {"epochs": 100, "uci_epochs": 100, "ss_epochs": 100, "linear_gaussian": {"epochs": 100},

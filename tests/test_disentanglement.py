@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from vaefail import disentanglement as F
-from vaefail.model import elbo
+from vaefail.analyses import disentanglement as F
+from vaefail.models.vae import elbo
 
 B = torch.tensor([0.3, -0.2, 0.1, 0.0, 0.5], dtype=torch.float64)
 SIGMA2 = 0.1

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import posteriors as P
-from vaefail.m2 import Labels, M2Ensemble
+from vaefail.evaluation import posteriors as P
+from vaefail.models.m2 import Labels, M2Ensemble
 
 
 def gaussian_posterior(A, b, s2, x):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import posteriors as P
-from vaefail.model import VAEEnsemble
+from vaefail.evaluation import posteriors as P
+from vaefail.models.vae import VAEEnsemble
 
 
 def linear_posterior(A, b, s2, x):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import disentanglement as F
-from vaefail import projection as K
-from vaefail.datasets import circle
-from vaefail.model import VAEEnsemble
+from vaefail.analyses import disentanglement as F
+from vaefail.analyses import projection as K
+from vaefail.data.datasets import circle
+from vaefail.models.vae import VAEEnsemble
 
 A = torch.tensor([[1.0], [0.5]], dtype=torch.float64)         # a line in 2-D, K = 1
 B = torch.tensor([0.2, -0.1], dtype=torch.float64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import grid
-from .uci import UCI_DATASETS, uci_spec
+from .data.uci import UCI_DATASETS, uci_spec
 
 # --- titles -------------------------------------------------------------------------------
 DATASET_TITLES = {

@@ -1,0 +1,204 @@
+"""Two claims the paper makes with figures, measured on every data version.
+
+Theorem 1 (section 2, Figures 1 and 6-14): where the true posterior p(z|x) is far from a
+mean-field Gaussian for much of the data, the VAE learns a decoder whose posteriors are
+simpler.  Measured as the share of test points whose exact posterior (on a z-grid) has more
+than `theorem1_threshold` of its mass outside the basin of its main mode
+(posteriors.second_mode_mass), under the true decoder and under each method's selected
+decoder with its own sigma^2.
+
+Figures 2 and 18 (section 3): the semi-supervised VAE collapses f(y, z) to one function of z
+for every y, and IWAE does not.  Measured as the label separation
+E_{z ~ N(0,1)} ||f(y=a, z) - f(y=b, z)||, averaged over pairs (a, b) of the data set's cohort
+labels (Table 4's), by quadrature on the z-grid, for the true decoder and each selected one.
+
+Both tables hold one row per (data set, model, version); the claims table reads them.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import grid
+from ..evaluation import posteriors as P
+from ..catalogue import METHOD_TITLES
+from .collapse import collapse_pairs, label_share_table
+from ..data.datasets import example
+from ..engine.ensembles import load_member
+from ..report.figures.common import GRID_1D, read_selected, selected_row, selected_stem
+from ..files import load_npz, read_json, write_bytes
+from ..models.m2 import Labels, encode_labels
+from ..data.surrogate import GroundTruthDecoder
+from ..report.tables import COLUMNS, cell, row_title, to_latex
+
+TRUTH = "truth"
+
+
+def off_mode_share(log_lik_fn, x: np.ndarray, z_grid: torch.Tensor, threshold: float) -> float:
+    """Share of the points x (n, D) whose exact 1-D posterior has more than `threshold` of its
+    mass outside its main mode's basin."""
+    density = P.exact_posterior_1d(log_lik_fn, x, z_grid)
+    return float((P.second_mode_mass(density, z_grid) > threshold).double().mean())
+
+
+def label_separation(decoder_of_inputs, label_kind: str, classes: int, cohort_values, z_grid: torch.Tensor) -> float:
+    """E_{z ~ N(0,1)} ||f(a, z) - f(b, z)||, the mean over pairs (a, b) of cohort labels, by
+    quadrature on z_grid.  decoder_of_inputs maps [encoded y, z] (n, Y + 1) to x-means (n, D)."""
+    weights = P.trapezoid_weights(z_grid) * P.standard_normal_density(z_grid)
+    weights = weights / weights.sum()
+    curves = {}
+    for value in cohort_values:
+        y = np.full(len(z_grid), int(value) if label_kind == "discrete" else value)
+        labels = encode_labels(Labels(label_kind, classes), y)
+        with torch.no_grad():
+            curves[value] = torch.as_tensor(decoder_of_inputs(torch.cat([labels, z_grid.unsqueeze(-1)], -1)),
+                                            dtype=torch.float64)
+    pairs = list(itertools.combinations(cohort_values, 2))
+    return float(np.mean([float((weights * (curves[a] - curves[b]).norm(dim=-1)).sum()) for a, b in pairs]))
+
+
+def theorem1_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
+    """Off-mode shares of the unsupervised data sets' test points: truth and each method's
+    selected model, every version."""
+    outdir = Path(outdir)
+    selected = read_selected(outdir, "unsupervised")
+    z_grid = P.uniform_grid(*GRID_1D)
+    threshold = settings["theorem1_threshold"]
+    rows = []
+    for dataset in settings["unsupervised_datasets"]:
+        ex = example(dataset)
+        truth = GroundTruthDecoder(outdir / grid.surrogate_path(ex.base), ex.embedded)
+        truth_lik = P.ground_truth_log_likelihood(truth, ex.noise_variance)
+        for version in range(settings["versions"]):
+            x = load_npz(outdir / grid.data_path(dataset, version))["x_test"].astype(np.float64)
+            rows.append({"dataset": dataset, "model": TRUTH, "version": version,
+                         "share": off_mode_share(truth_lik, x, z_grid, threshold)})
+            for method in grid.METHODS:
+                chosen = selected_row(selected, "unsupervised", dataset, method, version)
+                share = math.nan
+                if chosen.row is not None:
+                    model = load_member(outdir / f"{selected_stem('unsupervised', chosen.row, version)}.pt")
+                    share = off_mode_share(P.model_log_likelihood(model), x, z_grid, threshold)
+                rows.append({"dataset": dataset, "model": method, "version": version, "share": share})
+    return pd.DataFrame(rows)
+
+
+def separation_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
+    """Label separation of the semi-supervised Semi-Circles: truth and each method's selected
+    model for each variant of M2's unlabelled z-posterior, every version."""
+    outdir = Path(outdir)
+    selected = read_selected(outdir, "semisupervised")
+    z_grid = P.uniform_grid(*GRID_1D)
+    rows = []
+    for dataset in settings["ss_datasets"]:
+        ex = example(dataset)
+        truth = GroundTruthDecoder(outdir / grid.surrogate_path(dataset))
+        separation = label_separation(truth, ex.label_kind, ex.classes, ex.cohorts, z_grid)
+        for version in range(settings["ss_versions"]):
+            rows.append({"dataset": dataset, "unlabelled_posterior": None, "model": TRUTH, "version": version,
+                         "separation": separation})
+            for variant in settings["ss_unlabelled_posteriors"]:
+                for method in grid.METHODS:
+                    chosen = selected_row(selected, "semisupervised", dataset, method, version,
+                                          unlabelled_posterior=variant)
+                    value = math.nan
+                    if chosen.row is not None:
+                        model = load_member(outdir / f"{selected_stem('semisupervised', chosen.row, version)}.pt")
+                        value = label_separation(P.m2_decoder(model), ex.label_kind, ex.classes, ex.cohorts, z_grid)
+                    rows.append({"dataset": dataset, "unlabelled_posterior": variant, "model": method,
+                                 "version": version, "separation": value})
+    return pd.DataFrame(rows)
+
+
+def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "discrete-semicircle",
+                          experiment: str = "semisupervised") -> pd.DataFrame:
+    """Label separation of every restart of every (alpha, gamma) on one Semi-Circle, beside its
+    setting, initialisation, validation scores and whether selection kept it: what besides the
+    z-posterior decides whether f collapses (gamma, alpha, the start, selection, and -- in the
+    labelshare experiment -- the share of observed labels)."""
+    outdir = Path(outdir)
+    if dataset not in grid.experiment_datasets(settings, experiment):
+        return pd.DataFrame()
+    ex = example(dataset)
+    z_grid = P.uniform_grid(*GRID_1D)
+    chosen = set()
+    if experiment == "semisupervised":
+        selected = read_selected(outdir, "semisupervised")
+        chosen = {selected_stem("semisupervised", row, int(row["version"]))
+                  for _, row in selected[selected["dataset"] == dataset].iterrows()}
+    rows = []
+    for setting in grid.experiment_settings(settings, experiment, dataset):
+        for member in grid.job_members(settings, experiment):
+            stem = grid.member_stem(experiment, dataset, setting.id, member)
+            record = read_json(outdir / f"{stem}.json")
+            value = math.nan
+            if record["status"] == "ok":
+                model = load_member(outdir / f"{stem}.pt")
+                value = label_separation(P.m2_decoder(model), ex.label_kind, ex.classes, ex.cohorts, z_grid)
+            rows.append({"dataset": dataset, "unlabelled_posterior": setting.unlabelled_posterior,
+                         "method": setting.method, "setting": setting.id,
+                         "label_fraction": setting.label_fraction if setting.label_fraction is not None
+                         else float(settings["label_fraction"]),
+                         "alpha": member.alpha, "gamma": member.gamma, "version": member.version,
+                         "restart": member.restart, "init": record.get("init"), "status": record["status"],
+                         "objective_valid": record.get("objective_valid"), "knn_valid": record.get("knn_valid"),
+                         "converged": record["train"].get("converged"),
+                         "selected": stem in chosen, "separation": value})
+    return pd.DataFrame(rows)
+
+
+MODEL_TITLES = {TRUTH: "truth", **METHOD_TITLES}
+
+
+def summary_cells(name: str, frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Mean and sd over versions, one cell per (data set [and variant], model), as tables.py's cells."""
+    cells = []
+    keys = ["dataset", "unlabelled_posterior"] if "unlabelled_posterior" in frame else ["dataset"]
+    frame = frame.assign(unlabelled_posterior=frame.get("unlabelled_posterior"))
+    for dataset in dict.fromkeys(frame["dataset"]):
+        rows = frame[frame["dataset"] == dataset]
+        truth = rows[rows["model"] == TRUTH]
+        variants = [v for v in dict.fromkeys(rows["unlabelled_posterior"]) if isinstance(v, str)] or [None]
+        for variant in variants:
+            title = row_title(dataset, variant) if len(keys) > 1 else row_title(dataset)
+            cells.append(cell(name, title, MODEL_TITLES[TRUTH], truth[value]))
+            for method in grid.METHODS:
+                mine = rows[(rows["model"] == method) & ((rows["unlabelled_posterior"] == variant) | (variant is None))]
+                cells.append(cell(name, title, MODEL_TITLES[method], mine[value]))
+    return pd.DataFrame(cells, columns=COLUMNS)
+
+
+def write_figure_claims(settings: dict, outdir: str, out_theorem1: str, out_separation: str,
+                        out_separation_restarts: str, out_collapse: str, out_label_share: str) -> None:
+    """The two tables, per version (CSV) and summarised over versions (booktabs .tex beside),
+    the separation of every restart on the Discrete Semi-Circle (CSV), the objective J of its
+    collapsed against its separated restarts (CSV) and its separation against the share of
+    observed labels (CSV)."""
+    restarts = separation_by_restart(settings, outdir)
+    write_bytes(out_separation_restarts, restarts.to_csv(index=False).encode())
+    shares = theorem1_table(settings, outdir)
+    separation = separation_table(settings, outdir)
+    truth = separation[(separation["dataset"] == "discrete-semicircle") & (separation["model"] == TRUTH)]
+    truth_separation = float(truth["separation"].mean()) if len(truth) else math.nan
+    pairs = collapse_pairs(settings, outdir, restarts, truth_separation)
+    write_bytes(out_collapse, pairs.to_csv(index=False).encode())
+    share = label_share_table(settings, restarts, separation_by_restart(settings, outdir, experiment="labelshare")) \
+        if len(restarts) else pd.DataFrame()
+    write_bytes(out_label_share, share.assign(separation_truth=truth_separation).to_csv(index=False).encode())
+    for frame, value, path, caption in (
+            (shares, "share", out_theorem1,
+             f"\\textbf{{Theorem 1, measured.}} Share of test points whose exact posterior $p(z|x)$ has more than "
+             f"{settings['theorem1_threshold']:g} of its mass off its main mode, under the true decoder and each "
+             f"method's selected decoder; mean $\\pm$ sd over {settings['versions']} data versions."),
+            (separation, "separation", out_separation,
+             "\\textbf{Figures 2 and 18, measured.} Label separation $E_{z}\\,\\|f(y{=}a, z) - f(y{=}b, z)\\|$ "
+             "($z \\sim N(0,1)$, pairs of cohort labels) of the true and the selected decoders; 0 means $f$ "
+             f"ignores $y$. Mean $\\pm$ sd over {settings['ss_versions']} data versions.")):
+        write_bytes(path, frame.to_csv(index=False).encode())
+        cells = summary_cells(Path(path).stem, frame, value)
+        write_bytes(Path(path).with_suffix(".tex"), to_latex(cells, caption, f"tab:{Path(path).stem}").encode())
