@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..models import m2
-from ..evaluation.evaluate import point_chunks
 from ..models.m2 import BOUNDS, M2Ensemble, log_q_labels
 from ..randomness import MemberStreams
+from .bounds import point_chunks
 from .train import InnerBatches, validation_mutual_information
 
 

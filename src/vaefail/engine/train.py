@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 
 from ..convergence import check_epochs
+from .bounds import mean_bound
 from ..models.vae import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
 from ..models.nets import MaskedAdam
 from ..randomness import MemberStreams
@@ -164,7 +165,6 @@ class VAETask:
         return validation_mutual_information(model, self.valid_x, self.rows, streams, self.epoch, self.K, self.B)
 
     def validation_objective(self, model, streams: MemberStreams) -> torch.Tensor:
-        from ..evaluation.evaluate import mean_bound   # evaluation sits above training; only this check uses it
         return mean_bound(model, self.valid_x[self.rows.view(-1)], streams.child("valid-curve"), "objective",
                           self.objective_name, self.S, 1)
 

@@ -12,7 +12,7 @@ import torch
 from ..data.dataset_files import load_versions
 from ..data.datasets import example
 from ..engine.ensembles import build_ensemble, copy_rows
-from ..evaluation.evaluate import mean_bound
+from ..engine.bounds import mean_bound
 from ..files import save_torch, write_json
 from ..models.vae import VAEEnsemble
 from ..models.nets import MaskedAdam
