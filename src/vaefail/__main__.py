@@ -279,7 +279,7 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
         from .report.tables import build_table
         build_table(settings, args.table, args.selected, args.out)
     elif args.command == "disentanglement-table":
-        from .analyses.appendix_f import build_disentanglement_table
+        from .report.analysis_tables import build_disentanglement_table
         build_disentanglement_table(settings, args.all_restarts, args.outdir, args.out)
     elif args.command == "figure-claims":
         from .analyses.figure_claims import write_figure_claims

@@ -28,44 +28,29 @@ batched (..., D); x is (N, D) (or (..., N, D)); per-point results are (..., N).
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
 import numpy as np
 import torch
 
-from ..data.datasets import EMBEDDING
+from ..data.linear_gaussian import DTYPE, as_float64, noise_variances, rotation
 from ..metrics import ksg_mutual_information
 from ..models.vae import VAEEnsemble
 
 LOG_2PI = math.log(2 * math.pi)
-DTYPE = torch.float64
-
-
-def _t(a) -> torch.Tensor:
-    if isinstance(a, torch.Tensor):
-        return a.detach().to(device="cpu", dtype=DTYPE)
-    return torch.as_tensor(np.asarray(a), dtype=DTYPE)
-
-
-def _noise_variances(s2, A: torch.Tensor) -> torch.Tensor:
-    """s2 as per-dimension variances broadcastable against A's rows: (..., D)."""
-    s2 = _t(s2)
-    return s2.expand(A.shape[:-1]) if s2.dim() == 0 else s2.expand(*A.shape[:-2], A.shape[-2])
 
 
 # --- the linear-Gaussian model in closed form --------------------------------------------
 def posterior_precision(A, s2) -> torch.Tensor:
     """Lambda = I + A^T diag(1/s2) A, the precision of p(z | x) (the same for every x): (..., K, K)."""
-    A = _t(A)
-    s2 = _noise_variances(s2, A)
+    A = as_float64(A)
+    s2 = noise_variances(s2, A)
     return torch.eye(A.shape[-1], dtype=DTYPE) + A.mT @ (A / s2.unsqueeze(-1))
 
 
 def exact_posterior(A, b, s2, x) -> tuple[torch.Tensor, torch.Tensor]:
     """p(z | x) = N(m(x), S): m = S A^T diag(1/s2) (x - b), S = Lambda^-1.  Returns m (..., N, K)
     and S (..., K, K)."""
-    A, b, x = _t(A), _t(b), _t(x)
-    s2 = _noise_variances(s2, A)
+    A, b, x = as_float64(A), as_float64(b), as_float64(x)
+    s2 = noise_variances(s2, A)
     S = torch.linalg.inv(posterior_precision(A, s2))
     m = ((x - b.unsqueeze(-2)) / s2.unsqueeze(-2)) @ A @ S       # rows: (x - b)^T diag(1/s2) A S
     return m, S
@@ -73,13 +58,13 @@ def exact_posterior(A, b, s2, x) -> tuple[torch.Tensor, torch.Tensor]:
 
 def marginal_covariance(A, s2) -> torch.Tensor:
     """Cov p(x) = A A^T + diag(s2): (..., D, D)."""
-    A = _t(A)
-    return A @ A.mT + torch.diag_embed(_noise_variances(s2, A))
+    A = as_float64(A)
+    return A @ A.mT + torch.diag_embed(noise_variances(s2, A))
 
 
 def log_marginal_likelihood(A, b, s2, x) -> torch.Tensor:
     """Exact log p(x) = log N(x; b, A A^T + diag(s2)) per point (appendix F): (..., N)."""
-    A, b, x = _t(A), _t(b), _t(x)
+    A, b, x = as_float64(A), as_float64(b), as_float64(x)
     C = marginal_covariance(A, s2)
     L = torch.linalg.cholesky(C)
     r = torch.linalg.solve_triangular(L.unsqueeze(-3), (x - b.unsqueeze(-2)).unsqueeze(-1), upper=False)
@@ -120,8 +105,8 @@ def gaussian_q_elbo(A, b, s2, x, mu, log_var) -> torch.Tensor:
 
     with V = diag(v).  mu: (..., N, K), log_var: (..., N, K) or (..., K).  Returns (..., N).
     """
-    A, b, x, mu, log_var = _t(A), _t(b), _t(x), _t(mu), _t(log_var)
-    s2 = _noise_variances(s2, A).unsqueeze(-2)                       # (..., 1, D)
+    A, b, x, mu, log_var = as_float64(A), as_float64(b), as_float64(x), as_float64(mu), as_float64(log_var)
+    s2 = noise_variances(s2, A).unsqueeze(-2)                       # (..., 1, D)
     if log_var.dim() == mu.dim() - 1:
         log_var = log_var.unsqueeze(-2)
     v = log_var.exp()
@@ -133,26 +118,6 @@ def gaussian_q_elbo(A, b, s2, x, mu, log_var) -> torch.Tensor:
     return expected_log_lik + expected_log_prior + entropy
 
 
-def sample_linear_gaussian(A, b, s2, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n draws z ~ N(0, I_K), x = A z + b + eps, eps ~ N(0, diag(s2)): (z (n, K), x (n, D))."""
-    A, b = _t(A), _t(b)
-    D, K = A.shape
-    z = torch.randn(n, K, generator=generator, dtype=DTYPE)
-    eps = torch.randn(n, D, generator=generator, dtype=DTYPE)
-    return z, z @ A.T + b + _noise_variances(s2, A).sqrt() * eps
-
-
-def linear_gaussian_split(A, b, s2, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-    """Data sets of the appendix-F model in the layout of datasets.sample_split: float64 arrays
-    z_<split> (n, K) and x_<split> (n, D) for each split of `sizes`, from torch.Generator(seed)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for split, n in sizes.items():
-        z, x = sample_linear_gaussian(A, b, s2, n, gen)
-        out[f"z_{split}"], out[f"x_{split}"] = z.numpy(), x.numpy()
-    return out
-
-
 def linear_gaussian_ensemble(A, b, s2, dtype=torch.float64) -> VAEEnsemble:
     """The linear-Gaussian model with its ELBO-optimal MFG encoder as a VAEEnsemble (hidden=[]:
     one affine layer each), so the package's own ELBO/IWAE code and projections apply to it.
@@ -160,12 +125,12 @@ def linear_gaussian_ensemble(A, b, s2, dtype=torch.float64) -> VAEEnsemble:
     A: (D, K) or (M, D, K) for M members; b: (D,) or (M, D); s2: scalar, (D,) or (M, D).
     Encoder: mu(x) = (x - b)^T diag(1/s2) A S, log var = -log diag(Lambda) (constant in x).
     """
-    A, b = _t(A), _t(b)
+    A, b = as_float64(A), as_float64(b)
     if A.dim() == 2:
         A = A.unsqueeze(0)
     M, D, K = A.shape
     b = b.expand(M, D)
-    s2 = _noise_variances(s2, A)                                      # (M, D)
+    s2 = noise_variances(s2, A)                                      # (M, D)
     Lam = posterior_precision(A, s2)
     S = torch.linalg.inv(Lam)
     W_mu = (A / s2.unsqueeze(-1)) @ S                                  # (M, D, K)
@@ -188,7 +153,7 @@ def ppca_loading(covariance, latent_dim: int, s2: float) -> torch.Tensor:
     other D - K eigenvalues equal s2 — always for K = D, which gives the mismatched models of
     appendices F and K: a latent space as large as the data, explaining noise by z with a
     smaller s2.  Appendix F's rotated A R (see appendix_rotation) is this loading for K latents."""
-    C = _t(covariance)
+    C = as_float64(covariance)
     eigenvalues, eigenvectors = torch.linalg.eigh(C)
     top = torch.argsort(eigenvalues, descending=True)[:latent_dim]
     excess = eigenvalues[top] - s2
@@ -198,13 +163,6 @@ def ppca_loading(covariance, latent_dim: int, s2: float) -> torch.Tensor:
 
 
 # --- rotations ---------------------------------------------------------------------------
-def rotation(angle) -> torch.Tensor:
-    """The 2 x 2 rotation by `angle` (radians); a tensor of angles gives (..., 2, 2)."""
-    a = _t(angle)
-    c, s = torch.cos(a), torch.sin(a)
-    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-
-
 def appendix_rotation(A, sigma2: float, eigenvalues=None) -> torch.Tensor:
     """Appendix F's R = (Sigma V^T)^-1 (Lambda - sigma^2 I)^{1/2}, A = U Sigma V^T (thin SVD): (K, K).
 
@@ -215,9 +173,9 @@ def appendix_rotation(A, sigma2: float, eigenvalues=None) -> torch.Tensor:
     I + Sigma^2 / sigma^2 is diagonal and the MFG ELBO equals log p(x).  Other `eigenvalues`
     (K,) give the literal formula, whose p(x) differs.  sigma2: the isotropic noise variance.
     """
-    A = _t(A)
+    A = as_float64(A)
     _, singular_values, Vh = torch.linalg.svd(A, full_matrices=False)
-    Lam = singular_values ** 2 + sigma2 if eigenvalues is None else _t(eigenvalues)
+    Lam = singular_values ** 2 + sigma2 if eigenvalues is None else as_float64(eigenvalues)
     if (Lam <= sigma2).any():
         raise ValueError(f"Lambda - sigma^2 I must be positive; Lambda = {Lam.tolist()}, sigma^2 = {sigma2}")
     return torch.linalg.inv(torch.diag(singular_values) @ Vh) @ torch.diag((Lam - sigma2).sqrt())
@@ -231,8 +189,8 @@ def elbo_maximising_rotation(A, s2) -> torch.Tensor:
     exactly when R^T (A^T diag(1/s2) A) R is diagonal: R = its eigenvectors (unique up to
     permutations and sign flips of columns, all equally good; one with det +1 is returned).
     """
-    A = _t(A)
-    s2 = _noise_variances(s2, A)
+    A = as_float64(A)
+    s2 = noise_variances(s2, A)
     _, Q = torch.linalg.eigh(A.T @ (A / s2.unsqueeze(-1)))
     if torch.linalg.det(Q) < 0:
         Q[:, 0] = -Q[:, 0]
@@ -242,15 +200,15 @@ def elbo_maximising_rotation(A, s2) -> torch.Tensor:
 def rotated_mean_field_gap(A, s2, angles) -> torch.Tensor:
     """The mean-field gap log p(x) - ELBO of A R(angle) for K = 2 over a grid of angles: (n_angles,).
     The optimal-MFG ELBO of the rotated model is mean log p(x) minus this."""
-    A = _t(A)
-    R = rotation(_t(angles).reshape(-1))
+    A = as_float64(A)
+    R = rotation(as_float64(angles).reshape(-1))
     return mean_field_gap(A @ R, s2)
 
 
 def appendix_f_models(A, sigma2: float) -> dict[str, torch.Tensor]:
     """The loadings appendix F compares (isotropic sigma2): the model A itself ("original"), the
     appendix's A R ("appendix_rotation") and the ELBO-maximising rotation ("elbo_maximising")."""
-    A = _t(A)
+    A = as_float64(A)
     return {"original": A, "appendix_rotation": A @ appendix_rotation(A, sigma2),
             "elbo_maximising": A @ elbo_maximising_rotation(A, sigma2)}
 
@@ -258,7 +216,7 @@ def appendix_f_models(A, sigma2: float) -> dict[str, torch.Tensor]:
 def appendix_f_comparison(A, b, sigma2: float, x) -> dict[str, float]:
     """Appendix F in numbers on data x (N, D): mean log p(x) and mean optimal-MFG ELBO of each
     model of appendix_f_models."""
-    b, x = _t(b), _t(x)
+    b, x = as_float64(b), as_float64(x)
     out = {}
     for name, matrix in appendix_f_models(A, sigma2).items():
         out[f"log_px_{name}"] = float(log_marginal_likelihood(matrix, b, sigma2, x).mean())
@@ -266,23 +224,12 @@ def appendix_f_comparison(A, b, sigma2: float, x) -> dict[str, float]:
     return out
 
 
-def entangled_linear_map(singular_values: Sequence[float], angle: float, column_space=None) -> torch.Tensor:
-    """A = U diag(singular_values) R(angle)^T for K = 2: a map whose ELBO-preferred latents are the
-    true ones rotated by `angle` (elbo_maximising_rotation(A) = R(angle) up to signs/permutation).
-    angle = 0 gives orthogonal columns (no preference); pi/4 with distinct singular values the
-    most entangled preference.  U: an orthonormal basis of `column_space` (D, 2), by default the
-    plane of appendix F's 5-D embedding (datasets.EMBEDDING^T)."""
-    basis = EMBEDDING.T if column_space is None else _t(column_space)
-    U, _ = torch.linalg.qr(basis.to(DTYPE))
-    return U @ torch.diag(_t(singular_values)) @ rotation(angle).T
-
-
 # --- (b) disentanglement of learned representations --------------------------------------
 @torch.no_grad()
 def encoder_codes(model: VAEEnsemble, x, generator: torch.Generator | None = None) -> torch.Tensor:
     """Learned latents of every member for x (N, D) or (M, N, D): the posterior mean mu_phi(x),
     or, with a generator, one draw z ~ q_phi(z | x).  Returns (M, N, K) float64."""
-    x = _t(x).to(device=model.encoder.flat.device, dtype=model.encoder.flat.dtype)
+    x = as_float64(x).to(device=model.encoder.flat.device, dtype=model.encoder.flat.dtype)
     if x.dim() == 2:
         x = x.expand(model.M, -1, -1)
     mu, log_var = (v.to(device="cpu", dtype=DTYPE) for v in model.encode(x))

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from .. import grid
-from .datasets import example, sample_split
 from ..files import load_npz, save_npz
 from ..models.m2 import Labels, encode_labels
 from ..randomness import derive_seed
+from . import linear_gaussian
+from .datasets import example, sample_split
 from .surrogate import GroundTruthDecoder
 from .uci import split_uci, uci_spec
 
@@ -26,8 +27,7 @@ def dataset_example(settings: dict, dataset: str):
     """The example a data set is drawn from; appendix F's linear-Gaussian truth takes its
     parameters from the settings."""
     if dataset == grid.LINEAR_GAUSSIAN:
-        from ..analyses.appendix_f import truth   # imported here: it loads pandas and scipy, which a training job does not need
-        return truth(settings)
+        return linear_gaussian.truth(settings)
     return example(dataset)
 
 
@@ -43,8 +43,7 @@ def dataset_labels(dataset: str) -> Labels:
 def make_dataset(settings: dict, dataset: str, surrogate_pt: str | None, out_paths: list[str]) -> None:
     """Every version of a synthetic data set, one file each."""
     if dataset == grid.LINEAR_GAUSSIAN:   # no surrogate: drawn from the linear model itself
-        from ..analyses.appendix_f import make_dataset as make_linear_gaussian_dataset
-        return make_linear_gaussian_dataset(settings, out_paths)
+        return linear_gaussian.make_dataset(settings, out_paths)
     ex = example(dataset)
     if hasattr(ex, "label_kind"):   # a semi-supervised example
         return make_ss_dataset(settings, dataset, surrogate_pt, out_paths)

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..catalogue import DATASET_TITLES
 from ..config import ROOT
+from ..grid import UCI_DATASETS
 
 DEFAULT_DATA_DIR = ROOT / "data" / "uci"
-
-UCI_DATASETS = ("diabetic-retinopathy", "contraceptive", "titanic")
 
 
 class DataIntegrityError(ValueError):
@@ -42,7 +42,6 @@ class DataIntegrityError(ValueError):
 @dataclass(frozen=True)
 class UCISpec:
     name: str
-    title: str
     path: str                    # relative to the data directory (the repo's data/uci)
     sha256: str
     n_rows: int
@@ -51,6 +50,10 @@ class UCISpec:
     feature_names: tuple[str, ...]
     # For documentation only: what each raw numeric code of a feature means.
     feature_codes: dict[str, dict[float, str]] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return DATASET_TITLES[self.name]   # the catalogue holds every data set's title
 
     @property
     def n_classes(self) -> int:
@@ -74,7 +77,6 @@ _DEBRECEN_FEATURES = (
 SPECS: dict[str, UCISpec] = {
     "diabetic-retinopathy": UCISpec(
         name="diabetic-retinopathy",
-        title="Diabetic Retinopathy",
         path="debrecen/messidor_features.arff",
         sha256="b83485dd519127ac1ba06a95da5f1d12d4bde2a362eb32d7d353bdcabfa08a93",
         n_rows=1151,
@@ -86,7 +88,6 @@ SPECS: dict[str, UCISpec] = {
     ),
     "contraceptive": UCISpec(
         name="contraceptive",
-        title="Contraceptive",
         path="cmc/cmc.data",
         sha256="ad2a49da55df24b061a994ecc4d90c856aba35acd05138851aa251c4f06303c9",
         n_rows=1473,
@@ -107,7 +108,6 @@ SPECS: dict[str, UCISpec] = {
     ),
     "titanic": UCISpec(
         name="titanic",
-        title="Titanic",
         path="titanic/titanic.dat",
         sha256="367671d4845539ff66774acd4ccff332e466664ea49dd179ee103193be8e0349",
         n_rows=2201,

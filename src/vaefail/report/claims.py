@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evidence as E
 from .. import grid
-from ..catalogue import (APPENDIX_K_POINTS, COLLAPSE_TABLE, DATASET_TITLES, DISENTANGLEMENT_VERSIONS,
-                        METHOD_TITLES, claim_inputs)
+from ..catalogue import (APPENDIX_K_POINTS, COLLAPSE_TABLE, DATASET_TITLES, DISENTANGLEMENT_MODEL_ROWS,
+                         DISENTANGLEMENT_VERSIONS, ELBO, LOG_PX, METHOD_TITLES, MIG, claim_inputs,
+                         disentanglement_row)
 from ..criteria import (ATTACK_BUDGET_IN_SIGMA, COLLAPSED_FRACTION, EQUAL_LOG_PX, K_MARGIN, LARGE_PORTION,
-                       NO_BETTER_MARGIN)
+                        NO_BETTER_MARGIN)
 from ..files import read_csv, write_bytes
+from . import evidence as E
 
 COLUMNS = ["claim", "section", "source", "measured", "effect", "ci_low", "ci_high", "n", "p", "p_holm",
            "threshold", "test", "verdict", "note"]
@@ -204,8 +205,7 @@ def disentanglement_claims(claims: Claims, versions: pd.DataFrame, selected: pd.
     posterior means'), IWAE's less so (MIG above the VAE's), for each S."""
     if versions.empty:
         return
-    from ..analyses.appendix_f import ELBO, LOG_PX, MIG, MODEL_ROWS, method_row   # the table's row names
-    truth, rotated = MODEL_ROWS["original"], MODEL_ROWS["appendix_rotation"]
+    truth, rotated = DISENTANGLEMENT_MODEL_ROWS["original"], DISENTANGLEMENT_MODEL_ROWS["appendix_rotation"]
     value = lambda column: by_version(versions, column, key="row")       # noqa: E731
     log_px, elbo, mig = value(LOG_PX), value(ELBO), value(MIG)
     equal = float((_column(log_px, rotated) - _column(log_px, truth)).abs().max())
@@ -216,7 +216,7 @@ def disentanglement_claims(claims: Claims, versions: pd.DataFrame, selected: pd.
                  note="" if equal < EQUAL_LOG_PX else f"log p(x) of A and AR differ by {equal:.2g}")
     claims.add("Appendix F: the ELBO prefers the entangled model $AR$ over the true $A$: a higher optimal "
                "mean-field ELBO at equal $p(x)$", S3, "Appendix F", measured, ev)
-    vae_row = method_row("vae", 1)
+    vae_row = disentanglement_row("vae", 1)
     note = unconverged(selected, "disentangle", settings)
     vae, true_a = _column(mig, vae_row), _column(mig, truth)
     claims.add("Appendix F: the VAE's learned latents are entangled: their MIG is below the true model's",
@@ -224,7 +224,7 @@ def disentanglement_claims(claims: Claims, versions: pd.DataFrame, selected: pd.
                _gate(E.paired_t(true_a - vae), note))
     for setting in grid.experiment_settings(settings, "disentangle"):
         if setting.method == "iwae":
-            row = method_row(setting.method, setting.samples)
+            row = disentanglement_row(setting.method, setting.samples)
             iwae = _column(mig, row)
             claims.add(f"Appendix F: {row} entangles less than the VAE: its MIG is above the VAE's", S3,
                        "Appendix F", f"MIG: {row} {_num(iwae.mean(), 4)}, VAE {_num(vae.mean(), 4)}",
