@@ -282,11 +282,11 @@ def _run(args: argparse.Namespace, name: str, screen) -> None:
         from .report.analysis_tables import build_disentanglement_table
         build_disentanglement_table(settings, args.all_restarts, args.outdir, args.out)
     elif args.command == "figure-claims":
-        from .analyses.figure_claims import write_figure_claims
+        from .report.analysis_tables import write_figure_claims
         write_figure_claims(settings, args.outdir, args.out_theorem1, args.out_separation,
                             args.out_separation_restarts, args.out_collapse, args.out_label_share)
     elif args.command == "appendix-k":
-        from .analyses.appendix_k import write_appendix_k
+        from .report.analysis_tables import write_appendix_k
         write_appendix_k(settings, args.outdir, args.out_denoising, args.out_attack, args.out_figure)
     elif args.command == "claims":
         from .report.claims import write_claims

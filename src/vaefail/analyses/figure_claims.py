@@ -12,7 +12,8 @@ for every y, and IWAE does not.  Measured as the label separation
 E_{z ~ N(0,1)} ||f(y=a, z) - f(y=b, z)||, averaged over pairs (a, b) of the data set's cohort
 labels (Table 4's), by quadrature on the z-grid, for the true decoder and each selected one.
 
-Both tables hold one row per (data set, model, version); the claims table reads them.
+Both tables hold one row per (data set, model, version); the claims table reads them, and
+report.analysis_tables writes them with their summaries over versions.
 """
 from __future__ import annotations
 
@@ -26,15 +27,12 @@ import torch
 
 from .. import grid
 from ..evaluation import posteriors as P
-from ..catalogue import METHOD_TITLES
-from .collapse import collapse_pairs, label_share_table
 from ..data.datasets import example
 from ..engine.ensembles import load_member
-from ..report.figures.common import GRID_1D, read_selected, selected_row, selected_stem
-from ..files import load_npz, read_json, write_bytes
+from .selected import read_selected, selected_row, selected_stem
+from ..files import load_npz, read_json
 from ..models.m2 import Labels, encode_labels
 from ..data.surrogate import GroundTruthDecoder
-from ..report.tables import COLUMNS, cell, row_title, to_latex
 
 TRUTH = "truth"
 
@@ -67,7 +65,7 @@ def theorem1_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
     selected model, every version."""
     outdir = Path(outdir)
     selected = read_selected(outdir, "unsupervised")
-    z_grid = P.uniform_grid(*GRID_1D)
+    z_grid = P.uniform_grid(*P.GRID_1D)
     threshold = settings["theorem1_threshold"]
     rows = []
     for dataset in settings["unsupervised_datasets"]:
@@ -93,7 +91,7 @@ def separation_table(settings: dict, outdir: str | Path) -> pd.DataFrame:
     model for each variant of M2's unlabelled z-posterior, every version."""
     outdir = Path(outdir)
     selected = read_selected(outdir, "semisupervised")
-    z_grid = P.uniform_grid(*GRID_1D)
+    z_grid = P.uniform_grid(*P.GRID_1D)
     rows = []
     for dataset in settings["ss_datasets"]:
         ex = example(dataset)
@@ -125,7 +123,7 @@ def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "di
     if dataset not in grid.experiment_datasets(settings, experiment):
         return pd.DataFrame()
     ex = example(dataset)
-    z_grid = P.uniform_grid(*GRID_1D)
+    z_grid = P.uniform_grid(*P.GRID_1D)
     chosen = set()
     if experiment == "semisupervised":
         selected = read_selected(outdir, "semisupervised")
@@ -150,55 +148,3 @@ def separation_by_restart(settings: dict, outdir: str | Path, dataset: str = "di
                          "converged": record["train"].get("converged"),
                          "selected": stem in chosen, "separation": value})
     return pd.DataFrame(rows)
-
-
-MODEL_TITLES = {TRUTH: "truth", **METHOD_TITLES}
-
-
-def summary_cells(name: str, frame: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Mean and sd over versions, one cell per (data set [and variant], model), as tables.py's cells."""
-    cells = []
-    keys = ["dataset", "unlabelled_posterior"] if "unlabelled_posterior" in frame else ["dataset"]
-    frame = frame.assign(unlabelled_posterior=frame.get("unlabelled_posterior"))
-    for dataset in dict.fromkeys(frame["dataset"]):
-        rows = frame[frame["dataset"] == dataset]
-        truth = rows[rows["model"] == TRUTH]
-        variants = [v for v in dict.fromkeys(rows["unlabelled_posterior"]) if isinstance(v, str)] or [None]
-        for variant in variants:
-            title = row_title(dataset, variant) if len(keys) > 1 else row_title(dataset)
-            cells.append(cell(name, title, MODEL_TITLES[TRUTH], truth[value]))
-            for method in grid.METHODS:
-                mine = rows[(rows["model"] == method) & ((rows["unlabelled_posterior"] == variant) | (variant is None))]
-                cells.append(cell(name, title, MODEL_TITLES[method], mine[value]))
-    return pd.DataFrame(cells, columns=COLUMNS)
-
-
-def write_figure_claims(settings: dict, outdir: str, out_theorem1: str, out_separation: str,
-                        out_separation_restarts: str, out_collapse: str, out_label_share: str) -> None:
-    """The two tables, per version (CSV) and summarised over versions (booktabs .tex beside),
-    the separation of every restart on the Discrete Semi-Circle (CSV), the objective J of its
-    collapsed against its separated restarts (CSV) and its separation against the share of
-    observed labels (CSV)."""
-    restarts = separation_by_restart(settings, outdir)
-    write_bytes(out_separation_restarts, restarts.to_csv(index=False).encode())
-    shares = theorem1_table(settings, outdir)
-    separation = separation_table(settings, outdir)
-    truth = separation[(separation["dataset"] == "discrete-semicircle") & (separation["model"] == TRUTH)]
-    truth_separation = float(truth["separation"].mean()) if len(truth) else math.nan
-    pairs = collapse_pairs(settings, outdir, restarts, truth_separation)
-    write_bytes(out_collapse, pairs.to_csv(index=False).encode())
-    share = label_share_table(settings, restarts, separation_by_restart(settings, outdir, experiment="labelshare")) \
-        if len(restarts) else pd.DataFrame()
-    write_bytes(out_label_share, share.assign(separation_truth=truth_separation).to_csv(index=False).encode())
-    for frame, value, path, caption in (
-            (shares, "share", out_theorem1,
-             f"\\textbf{{Theorem 1, measured.}} Share of test points whose exact posterior $p(z|x)$ has more than "
-             f"{settings['theorem1_threshold']:g} of its mass off its main mode, under the true decoder and each "
-             f"method's selected decoder; mean $\\pm$ sd over {settings['versions']} data versions."),
-            (separation, "separation", out_separation,
-             "\\textbf{Figures 2 and 18, measured.} Label separation $E_{z}\\,\\|f(y{=}a, z) - f(y{=}b, z)\\|$ "
-             "($z \\sim N(0,1)$, pairs of cohort labels) of the true and the selected decoders; 0 means $f$ "
-             f"ignores $y$. Mean $\\pm$ sd over {settings['ss_versions']} data versions.")):
-        write_bytes(path, frame.to_csv(index=False).encode())
-        cells = summary_cells(Path(path).stem, frame, value)
-        write_bytes(Path(path).with_suffix(".tex"), to_latex(cells, caption, f"tab:{Path(path).stem}").encode())

@@ -22,7 +22,7 @@ What is here:
   and members), its success rate at growing budgets, and the exact minimal budget for a
   half-space classifier behind a linear-Gaussian projection;
 - the arrays of Figure 5 (an adversarial example and its projections; a uniform grid of x
-  projected by several models) and a small matplotlib helper to draw one panel.
+  projected by several models), which report.figures.figure5 draws.
 
 A *projector* is a function x (M, N, D) -> M(x) (M, N, D), differentiable in x; a projector
 with one member (a ground-truth model) broadcasts against data of M members.
@@ -36,7 +36,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from matplotlib.collections import LineCollection
 
 from ..evaluation import posteriors as P
 from .disentanglement import exact_posterior, posterior_precision
@@ -432,31 +431,6 @@ def projected_grid(projectors: dict[str, Projector], grid) -> dict[str, np.ndarr
         out[name] = projected.numpy()
         out[f"{name}_mean_shift"] = (projected - grid).norm(dim=-1).mean(-1).numpy()
     return out
-
-
-def plot_projection_panel(ax, manifold, grid, projected, example: dict | None = None, projector: str | None = None,
-                          classifier=None, title: str = "") -> None:
-    """One panel of Figure 5 for 2-D data: the true manifold (curve (n, 2)), grid points (G, 2)
-    joined to their projections (G, 2), and optionally an adversarial example (star; red arrow:
-    the perturbation; black arrow: the projection by `projector`) and the classifier's boundary."""
-    ax.plot(*np.asarray(manifold).T, color="tab:blue", lw=1.5, label="true manifold")
-    grid, projected = np.asarray(grid), np.asarray(projected)
-    ax.add_collection(LineCollection(np.stack([grid, projected], 1), colors="0.75", linewidths=0.5))
-    ax.scatter(*projected.T, s=3, color="tab:orange", label="projection", zorder=3)
-    if classifier is not None:
-        xs = np.linspace(*ax.get_xlim(), 200)
-        ys = np.linspace(*ax.get_ylim(), 200)
-        mesh = torch.from_numpy(np.stack(np.meshgrid(xs, ys), -1))
-        ax.contour(xs, ys, classifier(mesh).numpy(), levels=[0.5], colors="tab:orange", linewidths=1.0)
-    if example is not None:
-        for i in range(len(example["x"])):
-            start, end = example["x"][i], example["perturbed"][i]
-            ax.scatter(*start, marker="*", s=80, color="k", zorder=4)
-            ax.annotate("", end, start, arrowprops=dict(arrowstyle="->", color="tab:red"))
-            if projector is not None:
-                ax.annotate("", example[f"{projector}_projection"][i], end, arrowprops=dict(arrowstyle="->", color="k"))
-    ax.set_aspect("equal")
-    ax.set_title(title)
 
 
 # --- the orthogonal projection onto a known 1-D manifold (added for vaefail.appendix_k) -------

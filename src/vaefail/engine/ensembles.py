@@ -2,8 +2,9 @@
 
 Every member starts from its own random initialisation (from its own streams); members that
 start at the ground truth then get the surrogate decoder's weights (and, unsupervised, the
-encoder phi_GT fitted to it).  A trained member is saved alone (member_state) and loaded
-back as a one-member ensemble of its kind (load_member), VAE or M2 alike.
+encoder phi_GT fitted to it, load_gt_encoder).  A trained member is saved alone (member_state)
+and loaded back as a one-member ensemble of its kind (load_member), VAE or M2 alike; the
+ground truth with phi_GT loads as one too (load_ground_truth).
 """
 from __future__ import annotations
 
@@ -102,6 +103,27 @@ def load_member(path: str | Path, device="cpu", dtype=torch.float64) -> VAEEnsem
             model.log_sigma2.copy_(state["log_sigma2"].view(1, 1, -1))
     if isinstance(model, VAEEnsemble):
         model.set_sigma2(state["log_sigma2"].exp())
+    return _frozen(model)
+
+
+def load_gt_encoder(path: str | Path) -> dict[str, torch.Tensor]:
+    """The encoder phi_GT of one data version (jobs.gt_encoders), by parameter name."""
+    return load_weights(path)["encoder"]
+
+
+def load_ground_truth(gt_decoder: GroundTruthDecoder, gt_encoder_path: str | Path, data_dim: int, hidden: list[int],
+                      noise_variance: float, device="cpu", dtype=torch.float64) -> VAEEnsemble:
+    """The ground truth as a one-member ensemble: the surrogate decoder with the encoder phi_GT
+    fitted to it for one data version, and sigma^2 at its true value."""
+    model = VAEEnsemble(data_dim, 1, hidden, 1, "fixed", dtype=dtype, device=device)
+    copy_rows(model.decoder, [0], gt_decoder.decoder_weights())
+    copy_rows(model.encoder, [0], load_gt_encoder(gt_encoder_path))
+    model.set_sigma2(torch.tensor(noise_variance, dtype=dtype))
+    return _frozen(model)
+
+
+def _frozen(model: VAEEnsemble | M2Ensemble) -> VAEEnsemble | M2Ensemble:
+    """The model with its networks' parameters out of autograd: loaded to be evaluated, not trained."""
     model.encoder.set_requires_grad(False)
     model.decoder.set_requires_grad(False)
     return model

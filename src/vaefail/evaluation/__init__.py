@@ -2,4 +2,5 @@
 and KSG mutual information for all members at once (batched_metrics) and exact posteriors on
 grids (posteriors).
 
-Imports only the top-level modules, models, data and engine."""
+Imports only the top-level modules, models, data and engine.
+"""

@@ -31,6 +31,9 @@ LOG_2PI = math.log(2 * math.pi)
 DTYPE = torch.float64
 DEFAULT_CHUNK_ELEMENTS = 4_000_000   # entries of the (chunk, G) working matrices (32 MB each)
 DECODE_CHUNK = 65_536                # grid points decoded at once
+# The 1-D z-grid (spacing 0.0025) of the figures' posteriors and of Theorem 1's measurement
+# (analyses.figure_claims): what is drawn is what is measured.
+GRID_1D = (-5.0, 5.0, 4001)
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 LogLikFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

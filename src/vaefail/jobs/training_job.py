@@ -19,9 +19,9 @@ import torch
 from .. import grid
 from ..convergence import converged
 from ..data.dataset_files import dataset_example, load_versions
-from ..engine.ensembles import build_ensemble, member_state
+from ..engine.ensembles import build_ensemble, load_gt_encoder, member_state
 from ..evaluation.evaluate import evaluate_members
-from ..files import load_weights, save_torch, write_json
+from ..files import save_torch, write_json
 from ..provenance import provenance
 from ..randomness import MemberStreams, derive_seed
 from ..runtime import torch_device
@@ -125,7 +125,7 @@ class VAETrainingJob(TrainingJob):
         self.example = dataset_example(settings, dataset)
         uses_gt = "gt" in self.inits
         self.gt_decoder = GroundTruthDecoder(surrogate_pt, self.example.embedded) if uses_gt else None
-        self.gt_encoders = [load_weights(p)["encoder"] for p in gt_encoder_paths] if uses_gt else None
+        self.gt_encoders = [load_gt_encoder(p) for p in gt_encoder_paths] if uses_gt else None
         self.data = {split: load_versions(data_paths, split, torch.float32, self.dev)
                      for split in ("train", "valid", "test")}
 

@@ -2,4 +2,5 @@
 ensembles of networks in one flat tensor with their optimiser (nets).
 
 The lowest layer above the package's top-level modules: nothing here imports from data,
-engine, evaluation, jobs, analyses or report."""
+engine, evaluation, jobs, analyses or report.
+"""

@@ -1,6 +1,8 @@
-"""Tables 1-2 and the Theorem 2 numbers from the selected restarts.
+"""Tables 1-6 and the Theorem 2 numbers from the selected restarts, and the package's one
+LaTeX table writer (booktabs, to_latex and their formats), which the tables of the analyses
+(analysis_tables) use too.
 
-Each table is written as a tidy CSV, one row per cell —
+Each of the paper's tables is written as a tidy CSV, one row per cell —
 `table, row, column, mean, sd, n, paper_mean, paper_sd` — with mean and sample standard
 deviation over data versions (each version's best restart of the chosen setting), and as a
 booktabs .tex fragment that shows our value above the paper's.
@@ -23,14 +25,19 @@ SELECTION_TEXT = {"knn": "the smallest mean validation smooth-kNN statistic",
                   "validation_loss": "the best mean validation objective"}
 
 
+def mean_sd_n(values) -> tuple[float, float, int]:
+    """Mean, sample sd and count of the finite values (NaN where there are too few)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    return (values.mean() if len(values) else np.nan, values.std(ddof=1) if len(values) > 1 else np.nan,
+            len(values))
+
+
 def cell(table: str, row: str, column: str, values) -> dict:
     """One table cell: mean, sample sd and count of the finite values, beside the paper's value."""
-    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    mean, sd, n = mean_sd_n(values)
     paper = PAPER.get((table, row, column), (np.nan, np.nan))
-    return {"table": table, "row": row, "column": column,
-            "mean": values.mean() if len(values) else np.nan,
-            "sd": values.std(ddof=1) if len(values) > 1 else np.nan,
-            "n": len(values), "paper_mean": paper[0], "paper_sd": paper[1]}
+    return {"table": table, "row": row, "column": column, "mean": mean, "sd": sd, "n": n,
+            "paper_mean": paper[0], "paper_sd": paper[1]}
 
 
 VARIANT_TITLES = {"x": "", "xy": " [q(z|x,y)]"}   # M2's unlabelled z-posterior; "x" is the paper's
@@ -117,40 +124,82 @@ def theorem2(unsupervised: pd.DataFrame, noise: pd.DataFrame, dataset: str) -> p
     return pd.DataFrame(cells, columns=COLUMNS)
 
 
+# --- LaTeX: the one booktabs writer and its formats ------------------------------------------
 def _fmt(mean, sd, digits=3) -> str:
     if not np.isfinite(mean):
         return "--"
     return f"${mean:.{digits}f} \\pm {sd:.{digits}f}$" if np.isfinite(sd) else f"${mean:.{digits}f}$"
 
 
+def mean_sd(values, digits: int = 3) -> str:
+    """$mean \\pm sd$ of the finite values (just $mean$ for one, -- for none)."""
+    mean, sd, _ = mean_sd_n(values)
+    return _fmt(mean, sd, digits)
+
+
+def with_decimals(value, digits: int = 3) -> str:
+    """value with `digits` decimals; -- for None, NaN or inf."""
+    return "--" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def significant(value, digits: int = 3) -> str:
+    """value to `digits` significant digits; -- for NaN or inf."""
+    return f"{value:.{digits}g}" if np.isfinite(value) else "--"
+
+
 def tex_label(text: str) -> str:
+    """A row or column label of ours with its formulas set as math."""
     return (text.replace("sigma^2", "$\\sigma^2$").replace("avg_i I(x; z_i)", "$\\mathrm{avg}_i I(x; z_i)$")
             .replace("(theta, phi)", "$(\\theta,\\phi)$").replace("log p(x)", "$\\log p(x)$")
             .replace("q(z|x,y)", "$q(z|x,y)$"))
 
 
+def tex_text(text) -> str:
+    """Free text (a model's or a data set's name) with LaTeX's specials escaped, and phi_GT and
+    sigma^2 as math."""
+    text = str(text).replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+    return text.replace("phi\\_GT", "$\\phi_{GT}$").replace("sigma^2", "$\\sigma^2$")
+
+
+def booktabs(header: list[str], body: list[list[str]], caption: str, label: str, group_rows=()) -> str:
+    """A booktabs table, shrunk to the line width where wider: the header row, then the body's
+    rows (lists of cells, already LaTeX), with a rule above each row of `group_rows` but the
+    first (the first row of each group)."""
+    lines = ["\\begin{table}[htbp]", "\\centering", "\\small", f"\\caption{{{caption}}}", f"\\label{{{label}}}",
+             "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
+             "\\begin{tabular}{l" + "c" * (len(header) - 1) + "}", "\\toprule",
+             " & ".join(header) + " \\\\", "\\midrule"]
+    for i, row in enumerate(body):
+        if i in group_rows and i:
+            lines.append("\\midrule")
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}", ""]
+    return "\n".join(lines)
+
+
 def to_latex(cells: pd.DataFrame, caption: str, label: str) -> str:
-    """booktabs table: one line of our values per row, the paper's (where given) below it.
-    Wide tables (the cohort tables) are printed transposed."""
+    """Tidy cells (COLUMNS) as a booktabs table: one line of our values per row, the paper's
+    (where given) below it.  Wide tables (the cohort tables) are printed transposed."""
     if cells["column"].nunique() > 6:
         cells = cells.rename(columns={"row": "column", "column": "row"}).sort_values("row", kind="stable")
     columns = list(dict.fromkeys(cells["column"]))
-    lines = ["\\begin{table}[htbp]", "\\centering", "\\small",
-             f"\\caption{{{caption}}}", f"\\label{{{label}}}",
-             "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%",
-             "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
-             " & ".join([""] + [tex_label(c) for c in columns]) + " \\\\", "\\midrule"]
+    body = []
     for row, frame in cells.groupby("row", sort=False):
         by_col = frame.set_index("column")
         ours = [_fmt(by_col.at[c, "mean"], by_col.at[c, "sd"]) if c in by_col.index else "" for c in columns]
-        lines.append(" & ".join([tex_label(row)] + ours) + " \\\\")
+        body.append([tex_label(row)] + ours)
         if frame["paper_mean"].notna().any():
             paper = [f"\\textcolor{{gray}}{{{_fmt(by_col.at[c, 'paper_mean'], by_col.at[c, 'paper_sd'])}}}"
                      if c in by_col.index and np.isfinite(by_col.at[c, "paper_mean"]) else ""
                      for c in columns]
-            lines.append(" & ".join(["\\quad\\textcolor{gray}{paper}"] + paper) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}}", "\\end{table}", ""]
-    return "\n".join(lines)
+            body.append(["\\quad\\textcolor{gray}{paper}"] + paper)
+    return booktabs([""] + [tex_label(c) for c in columns], body, caption, label)
+
+
+def write_table(table: pd.DataFrame, out_csv, latex: str) -> None:
+    """A table as its CSV and, beside it (.tex), its LaTeX."""
+    write_bytes(out_csv, table.to_csv(index=False).encode())
+    write_bytes(Path(out_csv).with_suffix(".tex"), latex.encode())
 
 
 def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: str) -> None:
@@ -193,5 +242,4 @@ def build_table(settings: dict, name: str, selected_paths: list[str], out_csv: s
                    + f"Grey: the paper's Table {name[-1]}.")
     caption = f"\\textbf{{{TABLES[name].heading}.}} {caption}"
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(out_csv, cells.to_csv(index=False).encode())
-    write_bytes(Path(out_csv).with_suffix(".tex"), to_latex(cells, caption, f"tab:{name}").encode())
+    write_table(cells, out_csv, to_latex(cells, caption, f"tab:{name}"))

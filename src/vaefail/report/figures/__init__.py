@@ -1,7 +1,8 @@
 """The paper's figures from saved results: common (what every figure shares), unsupervised
-(Figure 1, Figures 6-14, 21-22), semisupervised (Figure 2, Figures 15-20) and verdicts (the
-forest plot of the claims, the collapse against the labelled share).  The workflow
-draws each with `python -m vaefail figure --figure <kind>` (draw_figure)."""
+(Figure 1, Figures 6-14, 21-22), semisupervised (Figure 2, Figures 15-20), verdicts (the
+forest plot of the claims, the collapse against the labelled share) and figure5 (Figure 5,
+appendix K).  The workflow draws each with `python -m vaefail figure --figure <kind>`
+(draw_figure); Figure 5 with appendix K's tables (`python -m vaefail appendix-k`)."""
 from __future__ import annotations
 
 import matplotlib

@@ -1,31 +1,25 @@
-"""What the figures share: styles and constants, the selected model of a data version
-(read from selection's table, or a note saying why there is none), and drawing helpers."""
+"""What the figures share: styles and constants, the noise of a figure's samples, and drawing
+helpers.  The selected model a figure draws comes from analyses.selected."""
 from __future__ import annotations
 
 import io
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 
-from ... import grid
-from ...evaluation import posteriors as P
-from ...catalogue import DATASET_TITLES, method_legend, selected_path
+from ...catalogue import DATASET_TITLES
 from ...data.datasets import example
-from ...engine.ensembles import load_member
-from ...files import read_csv, write_bytes
-from ...randomness import derive_seed
 from ...engine.sampling import GeneratorNoise
+from ...evaluation import posteriors as P
+from ...files import write_bytes
+from ...randomness import derive_seed
 
 PNG_DPI = 110
-VERSION = 0                       # the data version whose selected restart is drawn
 Z_CURVE = (-3.0, 3.0)             # z range of the f(z) curves
 Z_PLOT = (-4.0, 4.0)              # z range shown for 1-D posteriors
-GRID_1D = (-5.0, 5.0, 4001)       # 1-D posterior grid (spacing 0.0025)
 POINT_COLOURS = plt.get_cmap("tab10").colors
 DATA_COLOUR, SAMPLE_COLOUR = "#4c72b0", "#dd8452"
 
@@ -34,38 +28,16 @@ plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "
                      "axes.spines.right": False, "figure.titlesize": 11})
 
 
-# --- the selected model -----------------------------------------------------------------
-@dataclass
-class Selected:
-    """The selected restart of version 0 of one (dataset, method, K): its row and weights, or a note."""
-
-    experiment: str
-    dataset: str
-    method: str
-    row: pd.Series | None
-    model: object | None
-    note: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.model is not None
-
-    @property
-    def sigma2(self) -> np.ndarray:
-        return P.model_sigma2(self.model).numpy()
-
-    def describe(self, short: bool = False) -> str:
-        if self.row is None:
-            return f"{method_legend(self.method)}: {self.note}"
-        r = self.row
-        where = f"v{VERSION} r{int(r['restart'])} ({r['init']} init)" if short else \
-            f"version {VERSION}, restart {int(r['restart'])} ({r['init']} init)"
-        return f"{method_legend(self.method)} [{r['setting']}], {where}"
-
-
 def dataset_title(dataset: str) -> str:
     ex = example(dataset)
     return DATASET_TITLES.get(ex.base, ex.base) + (" (embedded in 5-D)" if ex.embedded else "")
+
+
+def dataset_short(dataset: str) -> str:
+    ex = example(dataset)
+    return DATASET_TITLES.get(ex.base, ex.base) + (" (5-D)" if ex.embedded else "")
+
+
 
 
 def fmt_sigma2(values) -> str:
@@ -73,57 +45,6 @@ def fmt_sigma2(values) -> str:
     if v.size == 1 or np.allclose(v, v.mean(), rtol=1e-3):
         return f"{v.mean():.3g}"
     return f"{v.mean():.3g} (mean of {', '.join(f'{a:.3g}' for a in v)})"
-
-
-def read_selected(outdir: str | Path, experiment: str) -> pd.DataFrame:
-    path = Path(outdir) / selected_path(experiment)
-    try:
-        return read_csv(path)
-    except (FileNotFoundError, pd.errors.EmptyDataError):
-        return pd.DataFrame(columns=["dataset", "method", "latent_dim", "version", "restart", "setting"])
-
-
-def selected_row(table: pd.DataFrame, experiment: str, dataset: str, method: str, version: int,
-                 latent_dim: int | None = None, unlabelled_posterior: str | None = None) -> Selected:
-    """The selected row of `version` (no weights yet), or a note saying why there is none.
-    latent_dim, unlabelled_posterior (M2's variant): which of several selected models."""
-    rows = table[(table["dataset"] == dataset) & (table["method"] == method)]
-    if latent_dim is not None:
-        rows = rows[rows["latent_dim"] == latent_dim]
-    if unlabelled_posterior is not None:
-        rows = rows[rows["unlabelled_posterior"] == unlabelled_posterior]
-    if rows.empty:
-        return Selected(experiment, dataset, method, None, None,
-                        "no selected model (every restart of every setting failed)")
-    here = rows[rows["version"] == version]
-    if here.empty:
-        others = ", ".join(str(v) for v in sorted(rows["version"].unique()))
-        return Selected(experiment, dataset, method, None, None,
-                        f"every restart of version {version} failed (versions with a model: {others})")
-    return Selected(experiment, dataset, method, here.iloc[0], None)
-
-
-def selected_stem(experiment: str, row: pd.Series, version: int) -> str:
-    """The run stem of a selected restart (its weights: <stem>.pt) from its row in selection's table."""
-    weights = ((float(row["alpha"]), float(row["gamma"])) if experiment in grid.SEMI_SUPERVISED_EXPERIMENTS
-               else ())   # M2's members of one job differ in alpha and gamma too
-    return grid.run_stem(experiment, row["dataset"], row["setting"], version, int(row["restart"]), *weights)
-
-
-def load_selected(outdir: str | Path, table: pd.DataFrame, experiment: str, dataset: str, method: str,
-                  version: int = VERSION, latent_dim: int | None = None,
-                  unlabelled_posterior: str | None = None) -> Selected:
-    """The selected restart of `version` of one (data set, method[, K][, M2's z-posterior
-    variant]) with its weights as a one-member ensemble, or a note saying why there is none."""
-    chosen = selected_row(table, experiment, dataset, method, version, latent_dim, unlabelled_posterior)
-    if chosen.row is None:
-        return chosen
-    row = chosen.row
-    stem = selected_stem(experiment, row, version)
-    path = Path(outdir) / f"{stem}.pt"
-    if not path.exists():
-        return Selected(experiment, dataset, method, row, None, f"weights missing:\n{stem}.pt")
-    return Selected(experiment, dataset, method, row, load_member(path))
 
 
 def figure_noise(settings: dict, *parts) -> GeneratorNoise:
@@ -173,7 +94,7 @@ def save(fig, out: str | Path) -> None:
 
 
 def grid_1d() -> torch.Tensor:
-    return P.uniform_grid(*GRID_1D)
+    return P.uniform_grid(*P.GRID_1D)
 
 
 # `truth` below: the ground truth of a data set as a figure loads it (unsupervised.Truth,

@@ -45,25 +45,22 @@ from ...files import load_npz
 from ...models.m2 import encode_labels
 from ...engine.sampling import m2_samples
 from ...data.surrogate import GroundTruthDecoder
+from ...analyses.selected import VERSION, Selected, load_selected, read_selected
 from .common import (
     DATA_COLOUR,
     POINT_COLOURS,
     SAMPLE_COLOUR,
-    VERSION,
     Z_CURVE,
     Z_PLOT,
-    Selected,
     data_limits,
     dataset_title,
     empty_panel,
     figure_noise,
     fmt_sigma2,
     grid_1d,
-    load_selected,
     mark_points,
     marker_size,
     point_label,
-    read_selected,
     save,
 )
 

@@ -27,11 +27,11 @@ from ...data.datasets import example
 from ...files import load_npz
 from ...engine.sampling import vae_samples
 from ...data.surrogate import GroundTruthDecoder
+from ...analyses.selected import VERSION, load_selected, read_selected
 from .common import (
     DATA_COLOUR,
     POINT_COLOURS,
     SAMPLE_COLOUR,
-    VERSION,
     Z_CURVE,
     Z_PLOT,
     data_limits,
@@ -40,11 +40,9 @@ from .common import (
     figure_noise,
     fmt_sigma2,
     grid_1d,
-    load_selected,
     mark_points,
     marker_size,
     point_label,
-    read_selected,
     save,
 )
 
