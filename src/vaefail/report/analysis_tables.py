@@ -33,7 +33,7 @@ from ..catalogue import (APPENDIX_K_POINTS, BOUND, DISENTANGLEMENT_TABLE, DISENT
 from ..files import read_csv, write_bytes
 from .figures.common import dataset_short
 from .figures.figure5 import draw_figure5
-from .tables import (COLUMNS, booktabs, cell, mean_sd, row_title, significant, tex_text, to_latex, with_decimals,
+from .tables import (COLUMNS, booktabs, cell, mean_sd, row_title, significant, tex_text, to_latex, decimals,
                      write_table)
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def denoising_latex(table: pd.DataFrame, settings: dict) -> str:
         groups.append(len(body))
         for model, rows in frame.groupby("model", sort=False):
             ok = rows["ratio"].notna()
-            body.append([f"{tex_text(dataset_short(dataset))}: {tex_text(model)}", significant(rows["latent_dim"].iloc[0]),
-                         significant(rows["sigma2_learned"].mean()), significant(rows["noise"].iloc[0]),
+            body.append([f"{tex_text(dataset_short(dataset))}: {tex_text(model)}",
+                         significant(rows["latent_dim"].iloc[0]), significant(rows["sigma2_learned"].mean()),
+                         significant(rows["noise"].iloc[0]),
                          mean_sd(rows["projection_error"]), mean_sd(rows["ratio"]), str(int(ok.sum()))])
     caption = ("\\textbf{Appendix K: the noise a projection removes.} For test points $x = f_{GT}(z) + \\epsilon$ "
                "of each data version, the error of the projection $M(x) = f_\\theta(\\mu_\\phi(x))$ against the "
@@ -166,8 +167,9 @@ def attack_latex(table: pd.DataFrame, settings: dict) -> str:
             first = rows.iloc[0]
             rate = rows.set_index("budget_in_sigma")["success_rate"]
             body.append([f"{tex_text(dataset_short(dataset))}: {tex_text(model)}", significant(first["latent_dim"]),
-                         significant(first["sigma2_learned"]), with_decimals(first["denoising_ratio"], 2),
-                         with_decimals(first["clean_accuracy"], 2)] + [with_decimals(rate.get(b, math.nan), 2) for b in budgets])
+                         significant(first["sigma2_learned"]), decimals(first["denoising_ratio"], 2),
+                         decimals(first["clean_accuracy"], 2)]
+                        + [decimals(rate.get(b, math.nan), 2) for b in budgets])
     gain = float(settings["attack_gain"])
     n = int(table["n_points"].max()) if len(table) else 0
     caption = ("\\textbf{Appendix K: attacks through the projection.} Success rate of an $L_2$ attack on "

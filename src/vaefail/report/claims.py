@@ -30,6 +30,7 @@ from ..criteria import (ATTACK_BUDGET_IN_SIGMA, COLLAPSED_FRACTION, EQUAL_LOG_PX
                         NO_BETTER_MARGIN)
 from ..files import read_csv, write_bytes
 from . import evidence as E
+from .tables import decimals
 
 COLUMNS = ["claim", "section", "source", "measured", "effect", "ci_low", "ci_high", "n", "p", "p_holm",
            "threshold", "test", "verdict", "note"]
@@ -40,10 +41,6 @@ S2, S3, SG, SU = SECTIONS
 CONDITION_1_DATASETS = ("figure-8", "absolute-value", "clusters", "spiral-dots")
 # The paper's training lengths (appendix J), for the notes on unconverged models.
 PAPER_EPOCHS = {"uci": 20000}
-
-
-def _num(v, digits=3) -> str:
-    return "--" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
 @dataclass
@@ -111,7 +108,7 @@ def table1_claims(claims: Claims, selected: pd.DataFrame, settings: dict) -> Non
         knn = by_version(rows, "knn_test")
         iwae, lin, vae = (_column(knn, m) for m in ("iwae", "lin", "vae"))
         title, note = DATASET_TITLES[dataset], unconverged(rows, "unsupervised", settings)
-        measured = f"kNN IWAE {_num(iwae.mean())}, LIN {_num(lin.mean())}, VAE {_num(vae.mean())}"
+        measured = f"kNN IWAE {decimals(iwae.mean())}, LIN {decimals(lin.mean())}, VAE {decimals(vae.mean())}"
         for better, worse, b, w, source in (("IWAE", "the VAE", iwae, vae, "Table 1, Figure 1"),
                                             ("IWAE", "LIN", iwae, lin, "Table 1"),
                                             ("LIN", "the VAE", lin, vae, "Table 1")):
@@ -130,8 +127,8 @@ def theorem1_claims(claims: Claims, shares: pd.DataFrame, selected: pd.DataFrame
         share = by_version(shares[shares["dataset"] == dataset], "share", key="model")
         truth, vae, iwae, lin = (_column(share, m) for m in ("truth", "vae", "iwae", "lin"))
         title = DATASET_TITLES[dataset]
-        measured = (f"share of test points with > threshold mass off the main mode: truth {_num(truth.mean(), 2)}, "
-                    f"VAE {_num(vae.mean(), 2)}, LIN {_num(lin.mean(), 2)}, IWAE {_num(iwae.mean(), 2)}")
+        measured = (f"share of test points with > threshold mass off the main mode: truth {decimals(truth.mean(), 2)}, "
+                    f"VAE {decimals(vae.mean(), 2)}, LIN {decimals(lin.mean(), 2)}, IWAE {decimals(iwae.mean(), 2)}")
         if dataset not in CONDITION_1_DATASETS:
             claims.add(f"{title}: condition (1) of Theorem 1 fails (true posteriors far from Gaussian for "
                        f"$<$ {LARGE_PORTION:g} of $x$)", S2, "Theorem 1, appendix E", measured,
@@ -159,11 +156,11 @@ def theorem2_claims(claims: Claims, unsupervised: pd.DataFrame, noise: pd.DataFr
     truth = 0.01
     note = unconverged(pd.concat([fixed_rows, _subset(noise, dataset)]), "noise", settings)
     claims.add("Spiral-Dots: eq. 5 at the best fixed-$\\sigma^2$ VAE over-estimates $\\sigma^2=0.01$", S2,
-               "Theorem 2, section 2.2", f"sigma^2 by eq. 5: {_num(fixed.mean(), 4)}",
+               "Theorem 2, section 2.2", f"sigma^2 by eq. 5: {decimals(fixed.mean(), 4)}",
                _gate(E.paired_t(fixed - truth), note))
     joint, fixed = joint.align(fixed)
     claims.add("Spiral-Dots: learning $\\sigma^2$ jointly over-estimates it more", S2, "Theorem 2, section 2.2",
-               f"joint {_num(joint.mean(), 4)} vs eq. 5 {_num(fixed.mean(), 4)}",
+               f"joint {decimals(joint.mean(), 4)} vs eq. 5 {decimals(fixed.mean(), 4)}",
                _gate(E.paired_t(joint - fixed), note))
 
 
@@ -185,13 +182,13 @@ def table2_claims(claims: Claims, latent: pd.DataFrame, settings: dict) -> None:
         mi = by_version(vae, "mi_test_mean", key="latent_dim")
         bound = by_version(iwae, "objective_test", key="latent_dim")
         larger = [k for k in ks[1:]]
-        text = lambda frame: ", ".join(f"K={k}: {_num(-_column(frame, k).mean())}" for k in ks)  # noqa: E731
+        text = lambda frame: ", ".join(f"K={k}: {decimals(-_column(frame, k).mean())}" for k in ks)  # noqa: E731
         claims.add(f"{title}: the VAE's test ELBO prefers $K>1$ over the true $K=1$", S3, "Table 2",
                    f"-ELBO {text(elbo)}",
                    _gate(E.paired_t(elbo.reindex(columns=larger).max(axis=1, skipna=False) - _column(elbo, 1)), note))
         drops = pd.concat([_column(mi, a) - _column(mi, b) for a, b in zip(ks, ks[1:])], axis=1)
         claims.add(f"{title}: the VAE's average per-dimension MI falls as $K$ grows", S3, "Table 2",
-                   "MI " + ", ".join(f"K={k}: {_num(_column(mi, k).mean())}" for k in ks),
+                   "MI " + ", ".join(f"K={k}: {decimals(_column(mi, k).mean())}" for k in ks),
                    _gate(E.paired_t(drops.min(axis=1, skipna=False)), note))
         claims.add(f"{title}: IWAE does not prefer $K>1$ (within {K_MARGIN:g} nats)", S3, "Table 2",
                    f"-bound {text(bound)}",
@@ -210,8 +207,8 @@ def disentanglement_claims(claims: Claims, versions: pd.DataFrame, selected: pd.
     log_px, elbo, mig = value(LOG_PX), value(ELBO), value(MIG)
     equal = float((_column(log_px, rotated) - _column(log_px, truth)).abs().max())
     gain = _column(elbo, rotated) - _column(elbo, truth)
-    measured = (f"log p(x): A {_num(_column(log_px, truth).mean())}, AR {_num(_column(log_px, rotated).mean())}; "
-                f"ELBO: A {_num(_column(elbo, truth).mean())}, AR {_num(_column(elbo, rotated).mean())}")
+    measured = (f"log p(x): A {decimals(_column(log_px, truth).mean())}, AR {decimals(_column(log_px, rotated).mean())}; "
+                f"ELBO: A {decimals(_column(elbo, truth).mean())}, AR {decimals(_column(elbo, rotated).mean())}")
     ev = E.exact(float(gain.min()) if equal < EQUAL_LOG_PX else -math.inf, n=len(gain),
                  note="" if equal < EQUAL_LOG_PX else f"log p(x) of A and AR differ by {equal:.2g}")
     claims.add("Appendix F: the ELBO prefers the entangled model $AR$ over the true $A$: a higher optimal "
@@ -220,14 +217,14 @@ def disentanglement_claims(claims: Claims, versions: pd.DataFrame, selected: pd.
     note = unconverged(selected, "disentangle", settings)
     vae, true_a = _column(mig, vae_row), _column(mig, truth)
     claims.add("Appendix F: the VAE's learned latents are entangled: their MIG is below the true model's",
-               S3, "Appendix F", f"MIG of posterior means: true A {_num(true_a.mean(), 4)}, VAE {_num(vae.mean(), 4)}",
+               S3, "Appendix F", f"MIG of posterior means: true A {decimals(true_a.mean(), 4)}, VAE {decimals(vae.mean(), 4)}",
                _gate(E.paired_t(true_a - vae), note))
     for setting in grid.experiment_settings(settings, "disentangle"):
         if setting.method == "iwae":
             row = disentanglement_row(setting.method, setting.samples)
             iwae = _column(mig, row)
             claims.add(f"Appendix F: {row} entangles less than the VAE: its MIG is above the VAE's", S3,
-                       "Appendix F", f"MIG: {row} {_num(iwae.mean(), 4)}, VAE {_num(vae.mean(), 4)}",
+                       "Appendix F", f"MIG: {row} {decimals(iwae.mean(), 4)}, VAE {decimals(vae.mean(), 4)}",
                        _gate(E.paired_t(iwae - vae), note))
 
 
@@ -253,13 +250,13 @@ def appendix_k_claims(claims: Claims, denoising: pd.DataFrame, attack_points: pd
             sigma2_true = float(rows["sigma2_true"].iloc[0])
             claims.add(f"{title} (5-D): the VAE with $K={k_high}$ learns a smaller $\\sigma^2$ than the truth", S3,
                        "Appendix K, section 3",
-                       f"sigma^2: truth {_num(sigma2_true, 4)}, VAE K={k_low} {_num(_column(sigma2, k_low).mean(), 4)}, "
-                       f"K={k_high} {_num(_column(sigma2, k_high).mean(), 4)}",
+                       f"sigma^2: truth {decimals(sigma2_true, 4)}, VAE K={k_low} {decimals(_column(sigma2, k_low).mean(), 4)}, "
+                       f"K={k_high} {decimals(_column(sigma2, k_high).mean(), 4)}",
                        _gate(E.paired_t(sigma2_true - _column(sigma2, k_high)), note))
             claims.add(f"{title} (5-D): the VAE with $K={k_high}$ removes less noise by projection than with the "
                        f"true $K={k_low}$", S3, "Appendix K, Figure 5b",
-                       f"noise left E|M(x)-f(z)|^2 / D sigma^2: K={k_low} {_num(_column(ratio, k_low).mean(), 2)}, "
-                       f"K={k_high} {_num(_column(ratio, k_high).mean(), 2)}",
+                       f"noise left E|M(x)-f(z)|^2 / D sigma^2: K={k_low} {decimals(_column(ratio, k_low).mean(), 2)}, "
+                       f"K={k_high} {decimals(_column(ratio, k_high).mean(), 2)}",
                        _gate(E.paired_t(_column(ratio, k_high) - _column(ratio, k_low)), note))
             model = rows[rows["latent_dim"] == k_high]["model"].iloc[0]
             claims.add(f"{title} (5-D): projecting on the $K={k_high}$ VAE's manifold defends worse than on the "
@@ -275,8 +272,8 @@ def appendix_k_claims(claims: Claims, denoising: pd.DataFrame, attack_points: pd
             b = fixed.set_index("version")
             claims.add(f"{title}: with $\\sigma^2$ learned by the ELBO (Theorem 2) the projection removes less "
                        "noise than with the true $\\sigma^2$", S3, "Appendix K, Theorem 2",
-                       f"sigma^2 learned {_num(a['sigma2_learned'].mean(), 4)} (truth {_num(a['sigma2_true'].mean(), 4)}); "
-                       f"noise left: learned {_num(a['ratio'].mean(), 2)}, fixed {_num(b['ratio'].mean(), 2)}",
+                       f"sigma^2 learned {decimals(a['sigma2_learned'].mean(), 4)} (truth {decimals(a['sigma2_true'].mean(), 4)}); "
+                       f"noise left: learned {decimals(a['ratio'].mean(), 2)}, fixed {decimals(b['ratio'].mean(), 2)}",
                        _gate(E.paired_t(a["ratio"] - b["ratio"]), note))
 
 
@@ -295,7 +292,7 @@ def _attack_evidence(points: pd.DataFrame, dataset: str, model: str, note: str) 
     flipped_model = both["minimal_budget_in_sigma_model"] <= budget
     flipped_truth = both["minimal_budget_in_sigma_truth"] <= budget
     measured = (f"attack success at |eta| = {budget:g} sigma on {len(both)} points classified correctly behind "
-                f"both: K VAE {_num(flipped_model.mean(), 2)}, true manifold {_num(flipped_truth.mean(), 2)}")
+                f"both: K VAE {decimals(flipped_model.mean(), 2)}, true manifold {decimals(flipped_truth.mean(), 2)}")
     ev = E.paired_binary(int((flipped_model & ~flipped_truth).sum()), int((flipped_truth & ~flipped_model).sum()))
     return measured, _gate(ev, note)
 
@@ -319,24 +316,24 @@ def semisupervised_claims(claims: Claims, selected: pd.DataFrame, settings: dict
                    for m in ("iwae", "lin", "vae")}
         if dataset == "discrete-semicircle":
             claims.add(f"{title}: the VAE learns $p(x)$ better than IWAE", SG, "Table 3, appendix G",
-                       f"kNN VAE {_num(vae.mean())} vs IWAE {_num(iwae.mean())}", _gate(E.paired_t(iwae - vae), note))
+                       f"kNN VAE {decimals(vae.mean())} vs IWAE {decimals(iwae.mean())}", _gate(E.paired_t(iwae - vae), note))
             # per version the smallest margin over cohorts and the two other methods: "each p(x|y)"
             margins = np.concatenate([cohorts[o].to_numpy() - cohorts["iwae"].to_numpy() for o in ("vae", "lin")], axis=1)
             worst = pd.Series(margins.min(axis=1), index=knn.index)
             claims.add(f"{title}: IWAE learns each $p(x|y)$ better than VAE and LIN", SG, "Table 4, appendix G",
                        "cohort kNN (mean over cohorts): " + ", ".join(
-                           f"{METHOD_TITLES[m]} {_num(np.nanmean(cohorts[m].to_numpy()))}" for m in ("iwae", "vae", "lin")),
+                           f"{METHOD_TITLES[m]} {decimals(np.nanmean(cohorts[m].to_numpy()))}" for m in ("iwae", "vae", "lin")),
                        _gate(E.paired_t(worst), note))
         else:
             claims.add(f"{title}: IWAE learns $p(x)$ better than VAE and LIN", SG, "Table 3, appendix G",
-                       f"kNN IWAE {_num(iwae.mean())}, VAE {_num(vae.mean())}, LIN {_num(lin.mean())}",
+                       f"kNN IWAE {decimals(iwae.mean())}, VAE {decimals(vae.mean())}, LIN {decimals(lin.mean())}",
                        _gate(E.paired_t(pd.concat([vae, lin], axis=1).min(axis=1, skipna=False) - iwae), note))
             means = {m: frame.mean(axis=1) for m, frame in cohorts.items()}
             best_other = pd.concat([means["vae"], means["lin"]], axis=1).min(axis=1, skipna=False)
             claims.add(f"{title}: IWAE learns $p(x|y)$ no better than VAE and LIN (within {NO_BETTER_MARGIN:g})",
                        SG, "Table 4, appendix G",
                        "cohort kNN (mean over cohorts): " + ", ".join(
-                           f"{METHOD_TITLES[m]} {_num(means[m].mean())}" for m in ("iwae", "vae", "lin")),
+                           f"{METHOD_TITLES[m]} {decimals(means[m].mean())}" for m in ("iwae", "vae", "lin")),
                        _gate(E.paired_t(means["iwae"] - best_other, threshold=-NO_BETTER_MARGIN), note))
 
 
@@ -355,7 +352,7 @@ def separation_claims(claims: Claims, separation: pd.DataFrame, selected: pd.Dat
         which = "$q(z|x)$ in U, as the paper" if variant == "x" else "$q(z|x,y)$ in U, as Kingma et al."
         figure = "Figure 2" if dataset == "discrete-semicircle" else "Figure 18"
         note = unconverged(_subset(selected, dataset, unlabelled_posterior=variant), "semisupervised", settings)
-        measured = (f"separation: truth {_num(t.mean(), 2)}, VAE {_num(vae.mean(), 2)}, IWAE {_num(iwae.mean(), 2)} "
+        measured = (f"separation: truth {decimals(t.mean(), 2)}, VAE {decimals(vae.mean(), 2)}, IWAE {decimals(iwae.mean(), 2)} "
                     f"(collapsed below {COLLAPSED_FRACTION:g} x truth)")
         claims.add(f"{DATASET_TITLES[dataset]} ({which}): the VAE collapses $f(y,z)$ to one function of $z$", SG,
                    figure, measured, _gate(E.paired_t(COLLAPSED_FRACTION * t - vae), note))
@@ -377,7 +374,7 @@ def collapse_claims(claims: Claims, collapse: pd.DataFrame, settings: dict) -> N
         which = "$q(z|x)$ in U" if variant == "x" else "$q(z|x,y)$ in U"
         worst_se = float(pairs["j_gap_se"].max()) if len(pairs) else math.nan
         measured = (f"{len(pairs)} (setting, version) pairs of a collapsed and a separated restart; mean J gap "
-                    f"{_num(pairs['j_gap'].mean())} nats/point (largest Monte-Carlo se {_num(worst_se, 4)})")
+                    f"{decimals(pairs['j_gap'].mean())} nats/point (largest Monte-Carlo se {decimals(worst_se, 4)})")
         note = "" if len(pairs) else "no setting and version had both a collapsed and a separated restart"
         claims.add(f"{DATASET_TITLES[dataset]} ({which}): the {METHOD_TITLES[method]} objective $J$ prefers the "
                    "collapsed $f(y,z)$ to the separated one", SG, "Figure 2, section 3 (global optima)", measured,
@@ -396,7 +393,7 @@ def uci_claims(claims: Claims, selected: pd.DataFrame, settings: dict) -> None:
         iwae, vae = _column(knn, "iwae"), _column(knn, "vae")
         better, worse = ("IWAE", "the VAE") if iwae_better else ("the VAE", "IWAE")
         claims.add(f"{DATASET_TITLES[dataset]}: {better} learns $p(x)$ better than {worse}", SU, "Table 5",
-                   f"kNN IWAE {_num(iwae.mean())} vs VAE {_num(vae.mean())}",
+                   f"kNN IWAE {decimals(iwae.mean())} vs VAE {decimals(vae.mean())}",
                    _gate(E.paired_t(vae - iwae if iwae_better else iwae - vae), unconverged(rows, "uci", settings)))
 
 

@@ -37,7 +37,7 @@ from ..config import ROOT, settings_hash
 from ..files import read_csv, read_json
 from ..grid import METHODS, active_experiments, all_datasets, base_datasets, experiment_epochs
 from ..provenance import code_version
-from .tables import tex_label
+from .tables import decimals, tex_label
 
 PAPER_SOURCES = ROOT / "paper"
 
@@ -52,12 +52,8 @@ def tex(text) -> str:
     return text.replace("<", "$<$").replace(">", "$>$").replace("|", "$|$")
 
 
-def _num(v, digits=3) -> str:
-    return "--" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
-
 def _mean_sd(mean, sd, digits=3) -> str:
-    return f"{_num(mean, digits)} $\\pm$ {_num(sd, digits)}"
+    return f"{decimals(mean, digits)} $\\pm$ {decimals(sd, digits)}"
 
 
 def cell_rows(cells: pd.DataFrame) -> str:
@@ -85,8 +81,8 @@ def scale_summary_rows(summary: pd.DataFrame) -> str:
     lines = []
     for _, r in summary.iterrows():
         if str(r["table"]).startswith("null"):
-            lines.append(f"{tex(r['table'])} & {r['scale']} & \\multicolumn{{3}}{{l}}{{mean {_num(r['null_mean'])}, "
-                         f"sd {_num(r['null_sd'])}, largest $|\\cdot|$ {_num(r['null_max_abs'])} over "
+            lines.append(f"{tex(r['table'])} & {r['scale']} & \\multicolumn{{3}}{{l}}{{mean {decimals(r['null_mean'])}, "
+                         f"sd {decimals(r['null_sd'])}, largest $|\\cdot|$ {decimals(r['null_max_abs'])} over "
                          f"{int(r['cells'])} versions}} \\\\")
         else:
             lines.append(f"{tex(r['table'])} & {r['scale']} & {int(r['consistent'])} & {int(r['differs'])} & "
@@ -101,9 +97,9 @@ def claim_rows(claims: pd.DataFrame) -> str:
     for section, rows in claims.groupby("section", sort=False):
         lines.append(f"\\multicolumn{{5}}{{l}}{{\\textbf{{{tex(section)}}}}} \\\\")
         for _, r in rows.iterrows():
-            interval = f"{_num(r['effect'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+            interval = f"{decimals(r['effect'])} [{decimals(r['ci_low'])}, {decimals(r['ci_high'])}]"
             if np.isfinite(r["threshold"]) and r["threshold"] != 0:
-                interval += f" vs {_num(r['threshold'])}"
+                interval += f" vs {decimals(r['threshold'])}"
             note = str(r["note"]) if isinstance(r["note"], str) else ""
             verdict = r["verdict"] + (" (not converged)" if "not converged" in note else "")
             lines.append(f"{r['claim']} & {tex(r['source'])} & {interval} & {int(r['n'])} & {verdict} \\\\")
@@ -153,7 +149,7 @@ def convergence_rows(outdir: Path, settings: dict) -> str:
             flags = rows["converged"].dropna().astype(bool)
             gain = rows["tail_gain"].astype(float)
             lines.append(f"{tex(experiment)} & {METHOD_TITLES[method]} & {experiment_epochs(settings, experiment)} & "
-                         f"{int(flags.sum())} of {len(flags)} & {_num(gain.median(), 4)} & {_num(gain.max(), 4)} \\\\")
+                         f"{int(flags.sum())} of {len(flags)} & {decimals(gain.median(), 4)} & {decimals(gain.max(), 4)} \\\\")
     return "\n".join(lines)
 
 
@@ -163,7 +159,7 @@ def evaluation_noise_rows(noise: pd.DataFrame) -> str:
         variant = r.get("unlabelled_posterior")
         name = DATASET_TITLES.get(r["dataset"], r["dataset"]) + (" [q(z|x,y)]" if variant == "xy" else "")
         lines.append(f"{tex(r['experiment'])} & {tex_label(name)} & {METHOD_TITLES[r['method']]} & {int(r['versions'])} & "
-                     f"{_num(r['sd_over_versions'], 2)} & {_num(r['draw_sd'], 2)} & {_num(r['noise_share'], 2)} \\\\")
+                     f"{decimals(r['sd_over_versions'], 2)} & {decimals(r['draw_sd'], 2)} & {decimals(r['noise_share'], 2)} \\\\")
     return "\n".join(lines)
 
 
@@ -206,9 +202,9 @@ def collapse_sentence(outdir: Path) -> str:
         vae = float(rows[rows["model"] == "vae"]["separation"].mean())
         iwae = float(rows[rows["model"] == "iwae"]["separation"].mean())
         state = "collapsed" if vae < COLLAPSED_FRACTION * truth else "not collapsed"
-        parts.append(f"with {name} in $U$ the selected VAE's separation is {_num(vae, 2)} ({state}) and "
-                     f"IWAE's {_num(iwae, 2)}")
-    sentence = f"In this run the true separation is {_num(truth, 2)}; " + "; ".join(parts) + "."
+        parts.append(f"with {name} in $U$ the selected VAE's separation is {decimals(vae, 2)} ({state}) and "
+                     f"IWAE's {decimals(iwae, 2)}")
+    sentence = f"In this run the true separation is {decimals(truth, 2)}; " + "; ".join(parts) + "."
     pairs = read_csv(outdir / table_path(COLLAPSE_TABLE))
     claims = read_csv(outdir / table_path(CLAIMS_TABLE))
     decided = claims[claims["claim"].str.contains("prefers the collapsed")]
@@ -220,8 +216,8 @@ def collapse_sentence(outdir: Path) -> str:
         answer = {E.SUPPORTED: "prefers the collapsed decoder", E.CONTRADICTED: "prefers the separated decoder",
                   E.INCONCLUSIVE: "cannot be said to prefer either"}.get(r["verdict"], r["verdict"])
         sentence += (f" With {which} in $U$, the VAE objective $J$ {answer}: $J$(collapsed) $-$ $J$(separated) = "
-                     f"{_num(r['effect'])} nats per point, 95\\,\\% interval [{_num(r['ci_low'])}, "
-                     f"{_num(r['ci_high'])}], over {int(r['n'])} versions.")
+                     f"{decimals(r['effect'])} nats per point, 95\\,\\% interval [{decimals(r['ci_low'])}, "
+                     f"{decimals(r['ci_high'])}], over {int(r['n'])} versions.")
     return sentence
 
 

@@ -137,7 +137,7 @@ def mean_sd(values, digits: int = 3) -> str:
     return _fmt(mean, sd, digits)
 
 
-def with_decimals(value, digits: int = 3) -> str:
+def decimals(value, digits: int = 3) -> str:
     """value with `digits` decimals; -- for None, NaN or inf."""
     return "--" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
