@@ -20,7 +20,8 @@ Replacing A by A R with R orthogonal leaves A A^T, hence p(x), unchanged, but ch
 R^T Lambda R: the rotation that diagonalises A^T diag(1/s2) A closes the mean-field gap, so the
 ELBO prefers it — and its latent z' = R^T z mixes ("entangles") the true latents.  Part (b)
 measures entanglement of trained models by the KSG mutual information between learned and
-true latents and the Mutual Information Gap (MIG) of Chen et al. (2018).
+true latents and the Mutual Information Gap (MIG) of Chen et al. (2018), with the KSG
+estimator the evaluation uses (evaluation.batched_metrics).
 
 Conventions: float64 torch; A is (D, K) (or batched (..., D, K)); s2 is a scalar, (D,) or
 batched (..., D); x is (N, D) (or (..., N, D)); per-point results are (..., N).
@@ -28,11 +29,12 @@ batched (..., D); x is (N, D) (or (..., N, D)); per-point results are (..., N).
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 
 from ..data.linear_gaussian import DTYPE, as_float64, noise_variances, rotation
-from ..metrics import ksg_mutual_information
+from ..evaluation.batched_metrics import ksg_mutual_information
 from ..models.vae import VAEEnsemble
 
 LOG_2PI = math.log(2 * math.pi)
@@ -239,16 +241,21 @@ def encoder_codes(model: VAEEnsemble, x, generator: torch.Generator | None = Non
 
 
 def mutual_information_matrix(codes, factors, k: int = 3) -> np.ndarray:
-    """KSG estimates I(c_i; z_j) between each learned latent c_i and each true factor z_j (nats).
+    """KSG estimates I(c_i; z_j) between each learned latent c_i and each true factor z_j (nats),
+    every (member, latent, factor) pair at once by the workflow's batched estimator.
 
     codes: (N, K) or (M, N, K) (members); factors: (N, J) or (M, N, J).  Returns (K, J) or (M, K, J).
     """
-    codes, factors = np.asarray(codes, dtype=float), np.asarray(factors, dtype=float)
-    single = codes.ndim == 2
+    codes = torch.as_tensor(np.asarray(codes, dtype=float))
+    factors = torch.as_tensor(np.asarray(factors, dtype=float))
+    single = codes.dim() == 2
     codes = codes[None] if single else codes
-    factors = np.broadcast_to(factors, (codes.shape[0], *factors.shape[-2:]))
-    out = np.array([[[ksg_mutual_information(c[:, i], f[:, j], k=k) for j in range(f.shape[1])]
-                     for i in range(c.shape[1])] for c, f in zip(codes, factors)])
+    factors = factors.expand(codes.shape[0], *factors.shape[-2:])
+    (M, N, K), J = codes.shape, factors.shape[-1]
+    # one estimate per (member, latent i, factor j): c_i against z_j as rows of (M K J, N)
+    c = codes.permute(0, 2, 1)[:, :, None, :].expand(M, K, J, N)
+    z = factors.permute(0, 2, 1)[:, None, :, :].expand(M, K, J, N)
+    out = ksg_mutual_information(c.reshape(-1, N), z.reshape(-1, N), k).reshape(M, K, J).numpy()
     return out[0] if single else out
 
 
@@ -266,7 +273,8 @@ def factor_self_information(factors, k: int = 3) -> np.ndarray:
     """
     factors = np.asarray(factors, dtype=float)
     factors = factors[:, None] if factors.ndim == 1 else factors
-    return np.array([ksg_mutual_information(f, f, k=k) for f in factors.T])
+    z = torch.as_tensor(np.ascontiguousarray(factors.T))      # one row per factor
+    return ksg_mutual_information(z, z, k).numpy()
 
 
 def mutual_information_gap(mutual_information, normaliser) -> np.ndarray:

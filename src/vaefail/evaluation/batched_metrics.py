@@ -1,7 +1,7 @@
 """The sample-based evaluation metrics, batched over ensemble members, in torch, on any device.
 
-Same definitions as the float64 numpy/scipy reference in :mod:`vaefail.metrics` (which stays
-the reference; the tests compare against it), for M members at once:
+Same definitions as the float64 numpy/scipy reference in tests/reference/metrics.py (which
+stays the reference; the tests compare against it), for M members at once:
 
 * :func:`smooth_knn_statistics` -- the standardised smoothed-kNN two-sample statistic of
   Djolonga & Krause (2017), one value per member;
@@ -39,17 +39,20 @@ from __future__ import annotations
 
 import functools
 import math
-import time
+import numbers
 from dataclasses import dataclass
 
 import numpy
 import torch
 import torch.nn.functional as F
 
-from ..metrics import NEGLECTED_LOG_WEIGHT_GAP, _as_count, _as_positive_float
 
 __all__ = ["smooth_knn_statistics", "ksg_mutual_information"]
 
+# A candidate j of row i is neglected only if alpha * (d_ij - d_i(k)) >= this gap, i.e. its
+# weight is below e^-40 times the weight of the k-th nearest neighbour; its marginal is then
+# below k * e^-40 ~ 2e-17 (see the reference's `_candidate_count`, tests/reference/metrics.py).
+NEGLECTED_LOG_WEIGHT_GAP = 40.0
 DEFAULT_MEMORY_BUDGET_BYTES = 1 << 30
 # Tile side B (a power of two): small blocks hug the relevant region tightly (less wasted work)
 # but shorten the inner loops of the kernels; a GPU prefers fewer, larger tiles.
@@ -83,6 +86,23 @@ _FUSED_DISTANCE_FROM_DIMS = 5
 # --------------------------------------------------------------------------------------
 # Input validation and memory
 # --------------------------------------------------------------------------------------
+
+
+def _as_count(name: str, value) -> int:
+    """Return `value` as a Python int or raise ValueError naming `name` (bools are rejected)."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    return int(value)
+
+
+def _as_positive_float(name: str, value) -> float:
+    """Return `value` as a finite float > 0 or raise ValueError naming `name`."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number > 0; got {value!r}")
+    value_float = float(value)
+    if not (numpy.isfinite(value_float) and value_float > 0.0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+    return value_float
 
 
 def _as_member_points(name: str, value, *, allow_2d: bool = False) -> torch.Tensor:
@@ -965,8 +985,8 @@ def smooth_knn_statistics(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The smoothed kNN two-sample statistic of each member, (M,) float64.
 
-    Member m's value is ``vaefail.metrics.smooth_knn_statistic(sample_1[m], sample_2[m], k,
-    temperature)`` (see there for the definition), computed for all members at once on the
+    Member m's value is the reference's ``smooth_knn_statistic(sample_1[m], sample_2[m], k,
+    temperature)`` (tests/reference/metrics.py; see there for the definition), computed for all members at once on the
     inputs' device; NaN for a member whose samples are not all finite.
 
     Parameters
@@ -984,7 +1004,7 @@ def smooth_knn_statistics(
     memory_budget_bytes : bound on the large temporaries (default 1 GiB): half for the chunk
         workspace, half for the tail marginals a group of members keeps for the flip sum.
     with_deficit : also return, from the same marginals, the unstandardised statistic
-        ``vaefail.metrics.cross_sample_deficit`` (1 - t / E_null[t]), (M,) float64.
+        (the reference's ``cross_sample_deficit``, 1 - t / E_null[t]), (M,) float64.
 
     Exactness. As the reference: exact Euclidean distances, and a candidate j of row i is
     dropped only if (d_ij - d_i(k)) / temperature >= 40; the k-subset marginals over all other
@@ -995,7 +1015,7 @@ def smooth_knn_statistics(
     Cost (CPU time on one thread of the 2-core machine here, 2000 vs 2000 points in 2-D,
     k = 5, temperature 0.01, curve-like data): ~60 ms per member against ~150 ms for the
     reference; 5-D, 2000 vs 2000: ~80 ms against ~200 ms; a few hundred points in 3-19 D: about
-    the reference's ~10-20 ms. Run ``python -m vaefail.batched_metrics`` to measure.
+    the reference's ~10-20 ms. Measured by tests/reference/benchmark.py.
     """
     sample_1 = _as_member_points("sample_1", sample_1)
     sample_2 = _as_member_points("sample_2", sample_2)
@@ -1118,7 +1138,7 @@ def ksg_mutual_information(
 ) -> torch.Tensor:
     """KSG estimate (Kraskov et al. 2004, algorithm 1) of I(X; Y) in nats per member, (M,) float64.
 
-    Member m's value is ``vaefail.metrics.ksg_mutual_information(x[m], y[m], k)``: eps_i is the
+    Member m's value is the reference's ``ksg_mutual_information(x[m], y[m], k)``: eps_i is the
     max-norm distance to the k-th nearest other point in the joint space, n_x(i) and n_y(i) count
     the other points strictly closer than eps_i in each space, and
     I = psi(k) + psi(n) - mean(psi(n_x + 1) + psi(n_y + 1)). No jitter: ties are counted as the
@@ -1171,71 +1191,3 @@ def ksg_mutual_information(
     constant = digamma(torch.tensor([float(k), float(n_points)], dtype=torch.float64, device=device)).sum()
     result[good] = constant - (digamma(n_x.double() + 1) + digamma(n_y.double() + 1)).mean(1)
     return result
-
-
-# --------------------------------------------------------------------------------------
-# Benchmark
-# --------------------------------------------------------------------------------------
-
-
-def _realistic_samples(n_members: int, n_points: int, seed: int = 0):
-    """Data like the paper's 2-D examples, x = (cos 3z, sin 2z) + 0.1 noise, and model samples
-    from a slightly perturbed copy, (M, n, 2) float64 each."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(scale, phase, noise):
-        z = torch.randn(n_members, n_points, generator=generator, dtype=torch.float64)
-        curve = torch.stack([scale * torch.cos(3 * z), torch.sin(2 * z + phase)], -1)
-        return curve + noise * torch.randn(curve.shape, generator=generator, dtype=torch.float64)
-
-    return draw(1.03, 0.05, 0.11), draw(1.0, 0.0, 0.1)
-
-
-def benchmark(n_members: int = 12, n_points: int = 2000, repeats: int = 3) -> None:
-    """Print seconds per member of the reference (member by member) and of the batched
-    functions, run alternately, medians of `repeats` runs: wall time, and CPU time (on a shared
-    machine the wall time also counts the time spent waiting for a core)."""
-    import numpy as np
-
-    from .. import metrics
-
-    model_x, data_x = _realistic_samples(n_members, n_points)
-    codes = model_x[..., 0] + 0.3 * data_x[..., 1]
-    n_reference = min(n_members, 3)
-    variants = {
-        "smooth kNN, reference": (n_reference, lambda: [
-            metrics.smooth_knn_statistic(model_x[m].numpy(), data_x[m].numpy(), 5, 0.01)
-            for m in range(n_reference)]),
-        "smooth kNN, batched float64": (n_members, lambda: smooth_knn_statistics(model_x, data_x, 5, 0.01)),
-        "smooth kNN, batched float32": (n_members, lambda: smooth_knn_statistics(
-            model_x, data_x, 5, 0.01, dtype=torch.float32)),
-        "KSG, reference": (n_reference, lambda: [
-            metrics.ksg_mutual_information(data_x[m].numpy(), codes[m].numpy(), 3)
-            for m in range(n_reference)]),
-        "KSG, batched": (n_members, lambda: ksg_mutual_information(data_x, codes, 3)),
-    }
-    wall = {name: [] for name in variants}
-    cpu = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, (members, function) in variants.items():
-            wall_start, cpu_start = time.perf_counter(), time.process_time()
-            function()
-            wall[name].append((time.perf_counter() - wall_start) / members)
-            cpu[name].append((time.process_time() - cpu_start) / members)
-    print(f"M={n_members}, {n_points} vs {n_points} points in 2-D, k=5, temperature=0.01, KSG k=3; "
-          f"torch threads={torch.get_num_threads()}; seconds per member, median of {repeats}:")
-    for name in variants:
-        print(f"  {name:30s} wall {float(np.median(wall[name])):.4f}   CPU {float(np.median(cpu[name])):.4f}")
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=benchmark.__doc__)
-    parser.add_argument("--members", type=int, default=12)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    arguments = parser.parse_args()
-    if arguments.threads:
-        torch.set_num_threads(arguments.threads)
-    benchmark(arguments.members, repeats=arguments.repeats)

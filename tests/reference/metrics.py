@@ -1,7 +1,12 @@
-"""Sample-based metrics: a smoothed kNN two-sample statistic and the KSG mutual information.
+"""The float64 numpy/scipy reference of the workflow's sample-based metrics: a smoothed kNN
+two-sample statistic and the KSG mutual information.  The workflow computes both with
+vaefail.evaluation.batched_metrics (torch, all members at once); the tests hold that to this
+reference (tests/test_batched_metrics.py) and this to closed forms and brute force
+(tests/test_metrics.py).
 
-Both functions are called thousands of times on a few thousand points in low dimension
-(2-D to 6-D), so they are written for speed with numpy/scipy only (no torch).
+Both functions were the workflow's own before the batched ones, called thousands of times on
+a few thousand points in low dimension (2-D to 6-D), so they are written for speed with
+numpy/scipy only (no torch).
 
 * :func:`smooth_knn_statistic` -- the smoothed k-nearest-neighbour two-sample test of
   Djolonga & Krause (2017), "Learning Implicit Generative Models Using Differentiable
@@ -21,7 +26,6 @@ statistic needs are taken directly from these layouts, without building a scipy.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +34,10 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 from scipy.special import digamma
 
+# The argument checks, and the neglect rule that both implementations must share to agree:
+# a candidate j of row i is neglected only if alpha * (d_ij - d_i(k)) >= NEGLECTED_LOG_WEIGHT_GAP.
+from vaefail.evaluation.batched_metrics import NEGLECTED_LOG_WEIGHT_GAP, _as_count, _as_positive_float
+
 __all__ = [
     "cross_sample_deficit",
     "smooth_knn_marginals",
@@ -37,10 +45,6 @@ __all__ = [
     "ksg_mutual_information",
 ]
 
-# A candidate j of row i is neglected only if alpha * (d_ij - d_i(k)) >= this gap, i.e. its
-# weight is below e^-40 times the weight of the k-th nearest neighbour; its marginal is then
-# below k * e^-40 ~ 2e-17 (see `_candidate_count`).
-NEGLECTED_LOG_WEIGHT_GAP = 40.0
 # On the kd-tree path the candidate count L starts at k + this and doubles until nothing
 # relevant is neglected.
 INITIAL_EXTRA_CANDIDATES = 32
@@ -85,23 +89,6 @@ def _as_point_array(name: str, value, *, allow_1d: bool = False) -> np.ndarray:
             f"{name}[{first[0]}, {first[1]}] = {array[first]}"
         )
     return array
-
-
-def _as_count(name: str, value) -> int:
-    """Return `value` as a Python int or raise ValueError naming `name` (bools are rejected)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer; got {value!r}")
-    return int(value)
-
-
-def _as_positive_float(name: str, value) -> float:
-    """Return `value` as a finite float > 0 or raise ValueError naming `name`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number > 0; got {value!r}")
-    value_float = float(value)
-    if not (np.isfinite(value_float) and value_float > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
-    return value_float
 
 
 def _validated_knn_arguments(points, k, temperature, points_name="points"):
