@@ -9,13 +9,13 @@ import torch
 import yaml
 
 from vaefail import catalogue, config, grid
-from vaefail.data import linear_gaussian
 from vaefail.analyses import disentanglement as F
-from vaefail.report.analysis_tables import build_disentanglement_table
-from vaefail.report.claims import Claims, disentanglement_claims
 from vaefail.config import ROOT
+from vaefail.data import linear_gaussian
 from vaefail.engine.ensembles import member_state
 from vaefail.files import save_torch
+from vaefail.report.analysis_tables import build_disentanglement_table
+from vaefail.report.claims import Claims, disentanglement_claims
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from vaefail.analyses import appendix_k_projections as AKP
 from vaefail.analyses import projection as PJ
 from vaefail.data.dataset_files import make_dataset
 from vaefail.data.datasets import EMBEDDING, clusters, example, figure_eight
+from vaefail.data.surrogate import make_surrogate
 from vaefail.engine.ensembles import build_ensemble, member_state
 from vaefail.files import save_torch
 from vaefail.randomness import MemberStreams
-from vaefail.data.surrogate import make_surrogate
 from vaefail.report.analysis_tables import write_appendix_k
 
 SETTINGS = {

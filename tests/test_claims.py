@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from vaefail.convergence import check_epochs, converged, tail_gain
 from vaefail.report import claims as C
 from vaefail.report import evidence as E
-from vaefail.convergence import check_epochs, converged, tail_gain
 
 SETTINGS = {"epochs": 100, "uci_epochs": 100, "ss_epochs": 100, "linear_gaussian": {"epochs": 100},
             "ss_unlabelled_posteriors": ["x", "xy"], "ss_datasets": ["discrete-semicircle"],

@@ -21,13 +21,13 @@ import torch
 import yaml
 
 from vaefail import config, files, grid
-from vaefail.data import uci
-from vaefail.jobs import training_job
-from vaefail.report import selection
 from vaefail.config import ROOT
+from vaefail.data import uci
 from vaefail.data.dataset_files import make_dataset, make_uci_splits
-from vaefail.jobs.semisupervised import train_ss_job
 from vaefail.data.surrogate import make_surrogate
+from vaefail.jobs import training_job
+from vaefail.jobs.semisupervised import train_ss_job
+from vaefail.report import selection
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 HAVE_DEV_FULL = os.path.exists("/dev/full")

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from vaefail.models.vae import VAEEnsemble
-from vaefail.models.nets import FlatParameters, MaskedAdam, StackedMLP, random_init
-from vaefail.randomness import MemberStreams
 from vaefail.engine.train import LinSettings, TrainSettings, train_vae
+from vaefail.models.nets import FlatParameters, MaskedAdam, StackedMLP, random_init
+from vaefail.models.vae import VAEEnsemble
+from vaefail.randomness import MemberStreams
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

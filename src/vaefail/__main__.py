@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .catalogue import FIGURE_KINDS, TABLES
 from .config import ConfigError
-from .files import ResultReadError, ResultWriteError
 from .data.uci import DataIntegrityError
+from .files import ResultReadError, ResultWriteError
 
 
 def _parser() -> argparse.ArgumentParser:

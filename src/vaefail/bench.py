@@ -34,14 +34,14 @@ from torch import nn
 
 from . import grid
 from .config import resolve
-from .evaluation.evaluate import evaluate_members
-from .models.m2 import Labels, M2Ensemble
-from .models.vae import VAEEnsemble
-from .models.nets import random_init
-from .randomness import MemberStreams
-from .runtime import configure_cpu, configure_device
 from .engine.m2_task import M2Task
 from .engine.train import LinSettings, TrainSettings, VAETask, train_ensemble, train_vae
+from .evaluation.evaluate import evaluate_members
+from .models.m2 import Labels, M2Ensemble
+from .models.nets import random_init
+from .models.vae import VAEEnsemble
+from .randomness import MemberStreams
+from .runtime import configure_cpu, configure_device
 
 HIDDEN = [50, 50, 50]
 UCI_HIDDEN = [100, 100, 100]

@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 
 from .. import grid
-from ..evaluation import posteriors as P
 from ..data.datasets import example
+from ..data.surrogate import GroundTruthDecoder
 from ..engine.ensembles import load_member
-from .selected import read_selected, selected_row, selected_stem
+from ..evaluation import posteriors as P
 from ..files import load_npz, read_json
 from ..models.m2 import Labels, encode_labels
-from ..data.surrogate import GroundTruthDecoder
+from .selected import read_selected, selected_row, selected_stem
 
 TRUTH = "truth"
 

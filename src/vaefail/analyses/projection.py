@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..evaluation import posteriors as P
-from .disentanglement import exact_posterior, posterior_precision
 from ..models.vae import VAEEnsemble
+from .disentanglement import exact_posterior, posterior_precision
 
 DTYPE = torch.float64
 Projector = Callable[[torch.Tensor], torch.Tensor]

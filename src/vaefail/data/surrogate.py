@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from .datasets import EMBEDDING, example
 from ..files import load_weights, save_torch, write_json
 from ..models.nets import FlatParameters, MaskedAdam, StackedMLP, uniform_init
 from ..provenance import provenance
 from ..randomness import derive_seed
+from .datasets import EMBEDDING, example
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from ..data.surrogate import GroundTruthDecoder
 from ..files import load_weights
 from ..models.m2 import Labels, M2Ensemble
-from ..models.vae import VAEEnsemble
 from ..models.nets import FlatParameters, random_init
+from ..models.vae import VAEEnsemble
 from ..randomness import MemberStreams
-from ..data.surrogate import GroundTruthDecoder
 
 RANDOM_INIT_SIGMA2 = 1.0   # learned sigma^2 of randomly initialised restarts starts here
 

@@ -26,10 +26,10 @@ from typing import Protocol
 import torch
 
 from ..convergence import check_epochs
-from .bounds import mean_bound
-from ..models.vae import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
 from ..models.nets import MaskedAdam
+from ..models.vae import OBJECTIVES, VAEEnsemble, elbo, encoder_mutual_information
 from ..randomness import MemberStreams
+from .bounds import mean_bound
 
 log = logging.getLogger(__name__)
 

@@ -11,21 +11,21 @@ import torch
 
 from ..data.dataset_files import load_versions
 from ..data.datasets import example
-from ..engine.ensembles import build_ensemble, copy_rows
+from ..data.surrogate import GroundTruthDecoder
 from ..engine.bounds import mean_bound
-from ..files import save_torch, write_json
-from ..models.vae import VAEEnsemble
-from ..models.nets import MaskedAdam
+from ..engine.ensembles import build_ensemble, copy_rows
+from ..engine.train import TrainSettings, train_vae
 from ..evaluation.posteriors import (
     ground_truth_log_likelihood,
     kl_optimal_gaussians,
     log_evidence_1d,
 )
+from ..files import save_torch, write_json
+from ..models.nets import MaskedAdam
+from ..models.vae import VAEEnsemble
 from ..provenance import provenance
 from ..randomness import MemberStreams, derive_seed
 from ..runtime import torch_device
-from ..data.surrogate import GroundTruthDecoder
-from ..engine.train import TrainSettings, train_vae
 
 # phi_GT warm start (see fit_gt_encoders): the optimal Gaussians of this many training points,
 # with variances floored (transition points have near-zero posterior width), fitted with a

@@ -10,14 +10,14 @@ import torch
 from .. import grid
 from ..data.dataset_files import dataset_labels, load_ss_versions
 from ..data.datasets import example
+from ..data.surrogate import GroundTruthDecoder
 from ..engine.ensembles import build_m2_ensemble
+from ..engine.m2_task import M2Task, validation_objective
+from ..engine.sampling import StreamNoise, m2_samples
+from ..engine.train import TrainSettings, train_ensemble
 from ..evaluation.evaluate import json_number, bound_draws, knn_over_draws
 from ..models.m2 import M2Ensemble
-from ..engine.m2_task import M2Task, validation_objective
 from ..randomness import MemberStreams
-from ..engine.sampling import StreamNoise, m2_samples
-from ..data.surrogate import GroundTruthDecoder
-from ..engine.train import TrainSettings, train_ensemble
 from .training_job import TrainingJob
 
 

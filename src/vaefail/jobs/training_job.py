@@ -19,14 +19,14 @@ import torch
 from .. import grid
 from ..convergence import converged
 from ..data.dataset_files import dataset_example, load_versions
+from ..data.surrogate import GroundTruthDecoder
 from ..engine.ensembles import build_ensemble, load_gt_encoder, member_state
+from ..engine.train import LinSettings, TrainLog, TrainSettings, train_vae
 from ..evaluation.evaluate import evaluate_members
 from ..files import save_torch, write_json
 from ..provenance import provenance
 from ..randomness import MemberStreams, derive_seed
 from ..runtime import torch_device
-from ..data.surrogate import GroundTruthDecoder
-from ..engine.train import LinSettings, TrainLog, TrainSettings, train_vae
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .vae import (kl_to_standard_normal, log_normal, log_standard_normal, logsumexp, reparameterize)
 from .nets import FlatParameters, StackedMLP
+from .vae import (kl_to_standard_normal, log_normal, log_standard_normal, logsumexp, reparameterize)
 
 RELAXATION_TEMPERATURE = 2.2
 

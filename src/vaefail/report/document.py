@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evidence as E
 from ..catalogue import (
     CLAIMS_TABLE,
     COLLAPSE_TABLE,
@@ -31,12 +30,13 @@ from ..catalogue import (
     ss_panel_figure,
     table_path,
 )
+from ..config import ROOT, settings_hash
 from ..convergence import CHECKS, TAIL_SHARE, TOLERANCE
 from ..criteria import COLLAPSED_FRACTION
-from ..config import ROOT, settings_hash
 from ..files import read_csv, read_json
 from ..grid import METHODS, active_experiments, all_datasets, base_datasets, experiment_epochs
 from ..provenance import code_version
+from . import evidence as E
 from .tables import decimals, tex_label
 
 PAPER_SOURCES = ROOT / "paper"

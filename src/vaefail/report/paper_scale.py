@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import evidence as E
 from .. import grid
-from ..evaluation.batched_metrics import smooth_knn_statistics
 from ..catalogue import TABLES, selected_path, table_path
+from ..evaluation.batched_metrics import smooth_knn_statistics
 from ..files import load_npz, read_csv, write_bytes
+from . import evidence as E
 from .paper_values import PAPER
-from .tables import cohort_table, density_table
+from .tables import cohort_table, density_table, row_title
 
 PAPER_VERSIONS = 5
 SCALES = {"t": ("knn_test", "knn_cohort_test"), "deficit": ("knn_test_deficit", "knn_cohort_test_deficit")}
@@ -76,7 +76,6 @@ def our_cells(settings: dict, outdir: str | Path, table: str, scale: str) -> pd.
     else:
         cells = cohort_table(table, selected, order, cohort)
     if "converged" in selected:
-        from .tables import row_title        # the rows' titles, as the cells name them
         flags = selected.assign(title=[row_title(d, v if isinstance(v, str) else None)
                                        for d, v in zip(selected["dataset"], selected.get("unlabelled_posterior",
                                                                                           [None] * len(selected)))])

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 
 from ... import grid
-from ...evaluation import posteriors as P
+from ...analyses.selected import VERSION, Selected, load_selected, read_selected
 from ...catalogue import FIGURE2_DATASET, method_legend
 from ...data.dataset_files import dataset_labels
 from ...data.datasets import example
+from ...data.surrogate import GroundTruthDecoder
+from ...engine.sampling import m2_samples
+from ...evaluation import posteriors as P
 from ...files import load_npz
 from ...models.m2 import encode_labels
-from ...engine.sampling import m2_samples
-from ...data.surrogate import GroundTruthDecoder
-from ...analyses.selected import VERSION, Selected, load_selected, read_selected
 from .common import (
     DATA_COLOUR,
     POINT_COLOURS,

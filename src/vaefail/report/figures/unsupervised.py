@@ -21,13 +21,13 @@ import torch
 from matplotlib.collections import LineCollection
 
 from ... import grid
-from ...evaluation import posteriors as P
+from ...analyses.selected import VERSION, load_selected, read_selected
 from ...catalogue import method_legend
 from ...data.datasets import example
-from ...files import load_npz
-from ...engine.sampling import vae_samples
 from ...data.surrogate import GroundTruthDecoder
-from ...analyses.selected import VERSION, load_selected, read_selected
+from ...engine.sampling import vae_samples
+from ...evaluation import posteriors as P
+from ...files import load_npz
 from .common import (
     DATA_COLOUR,
     POINT_COLOURS,

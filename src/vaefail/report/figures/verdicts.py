@@ -17,8 +17,8 @@ import pandas as pd
 
 from ...catalogue import CLAIMS_TABLE, LABEL_SHARE_TABLE, table_path
 from ...criteria import COLLAPSED_FRACTION
-from ..evidence import CONTRADICTED, EXACT, INCONCLUSIVE, SUPPORTED
 from ...files import read_csv
+from ..evidence import CONTRADICTED, EXACT, INCONCLUSIVE, SUPPORTED
 from .common import save
 
 VERDICT_COLOURS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", INCONCLUSIVE: "0.55", EXACT: "tab:blue"}
