@@ -1,4 +1,4 @@
-"""Claims scored with their evidence (vaefail.evidence, vaefail.claims) and the convergence rule
+"""Claims scored with their evidence (report.evidence, report.claims) and the convergence rule
 (vaefail.convergence), on hand-made per-version frames whose answer is known."""
 import math
 

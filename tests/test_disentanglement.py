@@ -1,4 +1,4 @@
-"""Tests of vaefail.disentanglement (appendix F) against closed forms and direct computations.
+"""Tests of analyses.disentanglement (appendix F) against closed forms and direct computations.
 
 The model is linear-Gaussian: z ~ N(0, I_2), x | z ~ N(A z + b, diag(s2)), whose marginal is
 N(b, A A^T + diag(s2)) (checked with scipy, independently of the Cholesky code) and whose ELBO
@@ -68,7 +68,7 @@ def test_optimal_mean_field_elbo_matches_monte_carlo_and_the_package_elbo(matrix
     mc, se = monte_carlo_elbo(A_model, B, SIGMA2, x, mu, log_var, 4000, seed=3)
     # for the rotated model q is the exact posterior: log p(x, z) - log q(z) is constant, se = 0
     assert bool(((closed - mc).abs() <= 5 * se + 1e-9).all())
-    # the same q as a VAEEnsemble (one affine layer each), through vaefail.model.elbo
+    # the same q as a VAEEnsemble (one affine layer each), through models.vae.elbo
     model = F.linear_gaussian_ensemble(A_model, B, SIGMA2)
     eps = torch.randn(1, 300, 4000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     package = elbo(model, x.unsqueeze(0), eps)[0]

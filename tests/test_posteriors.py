@@ -1,4 +1,4 @@
-"""Tests of vaefail.posteriors against closed-form linear-Gaussian posteriors.
+"""Tests of evaluation.posteriors against closed-form linear-Gaussian posteriors.
 
 For f(z) = A z + b, x | z ~ N(f(z), diag(s2)), z ~ N(0, I_K) the posterior is Gaussian with
 covariance S = (I + A^T diag(1/s2) A)^-1 and mean m = S A^T diag(1/s2) (x - b), and the data

@@ -1,4 +1,4 @@
-"""Tests of vaefail.projection (appendix K, Figure 5) against closed forms.
+"""Tests of analyses.projection (appendix K, Figure 5) against closed forms.
 
 For a linear-Gaussian model f(z) = A z + b, x | z ~ N(f(z), sigma^2 I) with its exact posterior
 mean as the encoder, the projection is M(x) = b + P (x - b), P = A S A^T / sigma^2, and both the

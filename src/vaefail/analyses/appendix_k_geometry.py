@@ -97,7 +97,7 @@ class OffPlaneTiltedClassifier:
     """g(x) = base(S x) with S = Q Q^T + gain Q N2^T (module docstring): the true classifier
     `base` on the plane of the manifold, tilted off it so that an off-plane step of length r
     moves the point it sees by gain * r within the plane.  Has the interface of the
-    classifiers of vaefail.projection (call -> labels, margin(x, y) > 0 iff classified y)."""
+    classifiers of analyses.projection (call -> labels, margin(x, y) > 0 iff classified y)."""
 
     def __init__(self, base, plane: Plane, gain: float):
         self.base, self.plane, self.gain = base, plane, float(gain)

@@ -433,7 +433,7 @@ def projected_grid(projectors: dict[str, Projector], grid) -> dict[str, np.ndarr
     return out
 
 
-# --- the orthogonal projection onto a known 1-D manifold (added for vaefail.appendix_k) -------
+# --- the orthogonal projection onto a known 1-D manifold (appendix K's nearest point) -------
 def nearest_point_encoder(decoder: Decoder, grid=None) -> Callable[[torch.Tensor], torch.Tensor]:
     """z*(x) = argmin_z |x - f(z)|^2 for a 1-D latent, so that f(z*(x)) is the orthogonal
     projection of x onto the manifold {f(z)} (Figure 5's "projection onto the true manifold",

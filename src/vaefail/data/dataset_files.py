@@ -92,7 +92,7 @@ def make_ss_dataset(settings: dict, dataset: str, surrogate_pt: str, out_paths: 
 
 def make_uci_splits(settings: dict, dataset: str, out_paths: list[str]) -> None:
     """Each split: thirds, training-set standardisation, exactly `label_fraction` labels
-    observed (vaefail.uci.split_uci); the cohorts of Table 6 are the test points of each class."""
+    observed (data.uci.split_uci); the cohorts of Table 6 are the test points of each class."""
     for k, path in enumerate(out_paths):
         split = split_uci(dataset, split_index=k, seed=settings["seed"], label_fraction=settings["label_fraction"])
         arrays = {key: split[key] for key in ("x_train", "y_train", "labelled_train", "x_valid", "y_valid",

@@ -1,5 +1,5 @@
 """Semi-supervised M2 training (objective J, eq. 4) as the training engine
-(vaefail.train.train_ensemble) takes it: a TrainingTask over labelled and unlabelled data."""
+(engine.train.train_ensemble) takes it: a TrainingTask over labelled and unlabelled data."""
 from __future__ import annotations
 
 import torch

@@ -986,8 +986,8 @@ def smooth_knn_statistics(
     """The smoothed kNN two-sample statistic of each member, (M,) float64.
 
     Member m's value is the reference's ``smooth_knn_statistic(sample_1[m], sample_2[m], k,
-    temperature)`` (tests/reference/metrics.py; see there for the definition), computed for all members at once on the
-    inputs' device; NaN for a member whose samples are not all finite.
+    temperature)`` (tests/reference/metrics.py; see there for the definition), computed for all
+    members at once on the inputs' device; NaN for a member whose samples are not all finite.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 A claim becomes one number per data version (for UCI, per split), each version's selected
 model(s) being one observation, paired wherever the models compared saw the same data and
-oriented so that a positive value means "as the paper claims"; vaefail.evidence turns those
+oriented so that a positive value means "as the paper claims"; report.evidence turns those
 numbers into an effect, a 95 % interval, a one-sided p-value and a verdict (supported,
 contradicted, inconclusive, exact).  A claim that reads models that did not converge
 (vaefail.convergence) is inconclusive whatever its interval says.
@@ -365,7 +365,7 @@ def collapse_claims(claims: Claims, collapse: pd.DataFrame, settings: dict) -> N
     """Figure 2's mechanism ("at global optima"): the VAE objective J prefers the collapsed f.
     Per version, the mean over (alpha, gamma) of J(collapsed restart) - J(separated restart),
     where the two restarts of one setting and version ended on either side of the collapse
-    threshold; J estimated on the validation set (vaefail.collapse)."""
+    threshold; J estimated on the validation set (analyses.collapse)."""
     if collapse.empty:
         return
     for (dataset, variant, method), rows in collapse.groupby(["dataset", "unlabelled_posterior", "method"], sort=False):

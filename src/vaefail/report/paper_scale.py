@@ -1,7 +1,7 @@
 """On which scale are the paper's kNN numbers?  Every paper cell of Tables 1 and 3-6 against
 ours, on each candidate scale of the smooth kNN statistic, and the evaluation noise of ours.
 
-Candidate scales, both computed from the same soft-neighbour marginals (vaefail.evaluate):
+Candidate scales, both computed from the same soft-neighbour marginals (vaefail.evaluation.evaluate):
   t        the standardised statistic -(t - E_null t) / sd_null(t): what the authors'
            reference code (torch-two-sample's SmoothKNNStatistic) returns with
            compute_t_stat=True, and our tables' number.  About N(0, 1) under the null.

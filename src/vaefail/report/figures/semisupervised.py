@@ -14,7 +14,7 @@ every f(y, .) traces the same upper semi-circle in x-space, so curves in x-space
 top of each other and only their speed along the circle -- the thing y changes -- would be
 hidden in a colour scale.
 
-Exact posteriors are evaluated on grids (vaefail.posteriors): for discrete y the posterior
+Exact posteriors are evaluated on grids (evaluation.posteriors): for discrete y the posterior
 over z, p(z | x) = sum_y p(y, z | x), on a 1-D z-grid, with the encoder's mixture
 sum_y q(y | x) q(z | x, y); for continuous y the joint p(y, z | x) (priors N(0, 1) on both)
 on a 2-D grid, drawn as highest-density regions, with the inference model's joint

@@ -4,7 +4,7 @@ and the latent-dimension posteriors of Figures 21-22.
 Each figure uses the selected model (selected/<experiment>.csv) of data version 0: its
 chosen restart's weights (runs/.../v0/r<j>.pt), the ground-truth surrogate decoder
 (surrogates/<base>.pt) and the version-0 test data (data/<dataset>/v0.npz).  Exact posteriors
-are evaluated on grids (vaefail.posteriors); random numbers (samples of the learned models)
+are evaluated on grids (evaluation.posteriors); random numbers (samples of the learned models)
 come from generators seeded from settings["seed"], so a figure is reproducible.
 
 A selected model that does not exist (every restart of version 0 failed, or its weights are
