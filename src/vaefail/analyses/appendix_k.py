@@ -60,7 +60,6 @@ ATTACK_COLUMNS = ["dataset", "classifier", "attack_gain", "model", "experiment",
                   "robust_accuracy", "note"]
 
 
-
 # --- the denoising table ------------------------------------------------------------------
 def denoising_datasets(settings: dict) -> list[str]:
     return grid.appendix_k_datasets(settings)
@@ -234,6 +233,7 @@ def attack_table(settings: dict, outdir, denoising: pd.DataFrame | None = None,
     return pd.DataFrame(rows, columns=ATTACK_COLUMNS)
 
 
+# --- Figure 5a's example -------------------------------------------------------------------
 @dataclass
 class ExampleAttack:
     """Figure 5a's example: the point x, its label, eta against the undefended classifier and
