@@ -1,6 +1,7 @@
-"""Tests of vaefail.appendix_k (appendix K in the workflow's terms: the denoising and attack
-tables and Figure 5) on a tiny output folder built here: small surrogate decoders, data, and
-random "trained" models saved as the training jobs save them, with selected/*.csv naming them.
+"""Tests of appendix K (analyses.appendix_k with its geometry and projections, and
+report.analysis_tables, which writes its tables and Figure 5) on a tiny output folder built
+here: small surrogate decoders, data, and random "trained" models saved as the training jobs
+save them, with selected/*.csv naming them.
 """
 import math
 from pathlib import Path
@@ -10,15 +11,18 @@ import pandas as pd
 import pytest
 import torch
 
-from vaefail import appendix_k as AK
 from vaefail import grid
-from vaefail import projection as PJ
-from vaefail.data_files import make_dataset
-from vaefail.datasets import EMBEDDING, clusters, example, figure_eight
-from vaefail.ensembles import build_ensemble, member_state
+from vaefail.analyses import appendix_k as AK
+from vaefail.analyses import appendix_k_geometry as AKG
+from vaefail.analyses import appendix_k_projections as AKP
+from vaefail.analyses import projection as PJ
+from vaefail.data.dataset_files import make_dataset
+from vaefail.data.datasets import EMBEDDING, clusters, example, figure_eight
+from vaefail.data.surrogate import make_surrogate
+from vaefail.engine.ensembles import build_ensemble, member_state
 from vaefail.files import save_torch
 from vaefail.randomness import MemberStreams
-from vaefail.surrogate import make_surrogate
+from vaefail.report.analysis_tables import write_appendix_k
 
 SETTINGS = {
     "seed": 11, "hidden_layers": [16, 16], "versions": 2, "restarts_random": 1, "restarts_gt": 1,
@@ -100,7 +104,7 @@ def tables(outdir):
 
 # --- building blocks -----------------------------------------------------------------------
 def test_plane_of_the_5d_embedding_is_orthonormal_and_recovers_2d_coordinates():
-    plane = AK.plane_of("figure-8-5d")
+    plane = AKG.plane_of("figure-8-5d")
     np.testing.assert_allclose((plane.Q.T @ plane.Q).numpy(), np.eye(2), atol=1e-12)
     np.testing.assert_allclose((plane.N.T @ plane.N).numpy(), np.eye(3), atol=1e-12)
     np.testing.assert_allclose((plane.Q.T @ plane.N).numpy(), 0.0, atol=1e-12)
@@ -108,14 +112,14 @@ def test_plane_of_the_5d_embedding_is_orthonormal_and_recovers_2d_coordinates():
     x = uv @ EMBEDDING
     np.testing.assert_allclose(plane.coords(x.numpy()), uv.numpy(), atol=1e-12)
     np.testing.assert_allclose(plane.off_plane_norm(x.numpy()), 0.0, atol=1e-12)
-    flat = AK.plane_of("spiral-dots")
+    flat = AKG.plane_of("spiral-dots")
     assert flat.N.shape == (2, 0) and np.allclose(flat.coords(uv.numpy()), uv.numpy())
 
 
 def test_tilted_classifier_is_the_true_one_on_the_plane_and_tilts_off_it():
-    plane = AK.plane_of("clusters-5d")
+    plane = AKG.plane_of("clusters-5d")
     base = PJ.HalfSpaceClassifier(plane.to_2d[:, 0], 0.1)
-    g = AK.OffPlaneTiltedClassifier(base, plane, 3.0)
+    g = AKG.OffPlaneTiltedClassifier(base, plane, 3.0)
     gen = torch.Generator().manual_seed(1)
     on_plane = torch.randn(200, 2, dtype=torch.float64, generator=gen) @ EMBEDDING
     np.testing.assert_array_equal(g(on_plane).numpy(), base(on_plane).numpy())
@@ -127,18 +131,18 @@ def test_tilted_classifier_is_the_true_one_on_the_plane_and_tilts_off_it():
     third = plane.N[:, 2]
     np.testing.assert_array_equal(g(on_plane + 5 * third).numpy(), base(on_plane).numpy())
     # gain 0: the classifier ignores every off-plane direction
-    g0 = AK.OffPlaneTiltedClassifier(base, plane, 0.0)
+    g0 = AKG.OffPlaneTiltedClassifier(base, plane, 0.0)
     np.testing.assert_array_equal(g0(on_plane + 5 * n).numpy(), base(on_plane).numpy())
 
 
 def test_clusters_classifier_labels_the_flat_stretches():
-    plane = AK.plane_of("clusters-5d")
+    plane = AKG.plane_of("clusters-5d")
     decoder = lambda z: clusters(z) @ EMBEDDING  # noqa: E731
-    g, _ = AK.plane_classifier("clusters-5d", decoder, plane)
+    g, _ = AKG.plane_classifier("clusters-5d", decoder, plane)
     assert g.centres.shape == (4, 5)
-    z = AK.prior_quantiles(2001)
+    z = AKG.prior_quantiles(2001)
     labels = PJ.manifold_labels(g, decoder, z)
-    flat = AK.cluster_index(z)
+    flat = AKG.cluster_index(z)
     # every point away from the links (u(z) within 0.1 of a step at odd u) is labelled by its cluster
     u = 2 * math.pi / (1 + torch.exp(-0.5 * math.pi * z.reshape(-1)))
     on_link = ((u - 1) / 2 - torch.round((u - 1) / 2)).abs() * 2 < 0.1
@@ -153,20 +157,20 @@ def test_true_projections_return_points_on_the_manifold(dataset, decoder, sigma2
     grid); the true model's posterior-mean projection returns it up to its encoder error (a
     fraction of the noise), where the posterior is unimodal (away from Figure-8's crossing and
     from the overlapping end clusters of Clusters)."""
-    plane = AK.plane_of(dataset)
+    plane = AKG.plane_of(dataset)
     f = lambda z: decoder(z) @ plane.from_2d  # noqa: E731
-    truth = AK.TruthData(dataset, f, sigma2, plane)
+    truth = AKP.TruthData(dataset, f, sigma2, plane)
     z = torch.linspace(-1.0, 1.0, 41, dtype=torch.float64).unsqueeze(-1)
     z = z[z.abs().squeeze(-1) > 0.15]
     x = f(z)
-    nearest = (AK.nearest_point_projector(truth)(x.unsqueeze(0))[0] - x).norm(dim=-1)
+    nearest = (AKP.nearest_point_projector(truth)(x.unsqueeze(0))[0] - x).norm(dim=-1)
     assert float(nearest.max()) < 0.1 * math.sqrt(sigma2)
-    mean = (AK.truth_projector(truth)(x.unsqueeze(0))[0] - x).norm(dim=-1)
+    mean = (AKP.truth_projector(truth)(x.unsqueeze(0))[0] - x).norm(dim=-1)
     assert float(mean.median()) < 0.25 * math.sqrt(sigma2)     # E[z|x] shrinks towards the prior a little
 
 
 def test_nearest_point_projection_has_the_tangent_projector_as_its_jacobian():
-    plane = AK.plane_of("figure-8-5d")
+    plane = AKG.plane_of("figure-8-5d")
     f = lambda z: figure_eight(z) @ plane.from_2d  # noqa: E731
     project = PJ.decoder_projector(f, PJ.nearest_point_encoder(f))
     z0 = torch.tensor([[0.7]], dtype=torch.float64)
@@ -248,7 +252,7 @@ def test_inputs_list_exactly_what_the_job_reads(outdir):
 
 
 def test_write_appendix_k_writes_tables_and_figure(outdir, tmp_path):
-    caption = AK.write_appendix_k(SETTINGS, outdir, tmp_path / "tables" / "appendix_k_denoising.csv",
+    caption = write_appendix_k(SETTINGS, outdir, tmp_path / "tables" / "appendix_k_denoising.csv",
                                   tmp_path / "tables" / "appendix_k_attack.csv",
                                   tmp_path / "figures" / "figure5")
     assert "Figure 5" in caption

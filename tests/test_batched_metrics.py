@@ -1,4 +1,5 @@
-"""Tests of vaefail.batched_metrics against the float64 reference in vaefail.metrics.
+"""Tests of vaefail.evaluation.batched_metrics against the float64 reference in
+tests/reference/metrics.py.
 
 The reference is itself checked against brute force and closed forms in tests/test_metrics.py;
 here every batched value is compared with it member by member (1e-6 relative or 1e-9 absolute,
@@ -14,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import batched_metrics
-from vaefail.batched_metrics import ksg_mutual_information, smooth_knn_statistics
-from vaefail.metrics import ksg_mutual_information as reference_ksg
-from vaefail.metrics import cross_sample_deficit as reference_deficit
-from vaefail.metrics import smooth_knn_statistic as reference_statistic
+from reference.metrics import cross_sample_deficit as reference_deficit
+from reference.metrics import ksg_mutual_information as reference_ksg
+from reference.metrics import smooth_knn_statistic as reference_statistic
+from vaefail.evaluation import batched_metrics
+from vaefail.evaluation.batched_metrics import ksg_mutual_information, smooth_knn_statistics
 
 RELATIVE = 1e-6
 ABSOLUTE = 1e-9

@@ -1,4 +1,4 @@
-"""Claims scored with their evidence (vaefail.evidence, vaefail.claims) and the convergence rule
+"""Claims scored with their evidence (report.evidence, report.claims) and the convergence rule
 (vaefail.convergence), on hand-made per-version frames whose answer is known."""
 import math
 
@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from vaefail import claims as C
-from vaefail import evidence as E
 from vaefail.convergence import check_epochs, converged, tail_gain
+from vaefail.report import claims as C
+from vaefail.report import evidence as E
 
 SETTINGS = {"epochs": 100, "uci_epochs": 100, "ss_epochs": 100, "linear_gaussian": {"epochs": 100},
             "ss_unlabelled_posteriors": ["x", "xy"], "ss_datasets": ["discrete-semicircle"],

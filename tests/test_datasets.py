@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail.datasets import EMBEDDING, EXAMPLES, example, sample_split
+from vaefail.data.datasets import EMBEDDING, EXAMPLES, example, sample_split
 
 Z = torch.tensor([[-2.0], [-0.3], [0.0], [0.7], [1.9]], dtype=torch.float64)
 

@@ -1,4 +1,4 @@
-"""Tests of vaefail.disentanglement (appendix F) against closed forms and direct computations.
+"""Tests of analyses.disentanglement (appendix F) against closed forms and direct computations.
 
 The model is linear-Gaussian: z ~ N(0, I_2), x | z ~ N(A z + b, diag(s2)), whose marginal is
 N(b, A A^T + diag(s2)) (checked with scipy, independently of the Cholesky code) and whose ELBO
@@ -11,18 +11,19 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from vaefail import disentanglement as F
-from vaefail.model import elbo
+from vaefail.analyses import disentanglement as F
+from vaefail.data import linear_gaussian as LG
+from vaefail.models.vae import elbo
 
 B = torch.tensor([0.3, -0.2, 0.1, 0.0, 0.5], dtype=torch.float64)
 SIGMA2 = 0.1
 # Singular values 2 and 0.5, right singular vectors at 45 degrees: the posterior of the true
 # latents is strongly correlated and the ELBO-preferred latents mix both equally.
-A = F.entangled_linear_map([2.0, 0.5], math.pi / 4)
+A = LG.entangled_linear_map([2.0, 0.5], math.pi / 4)
 
 
 def data(n, seed=0, A=A, s2=SIGMA2):
-    return F.sample_linear_gaussian(A, B, s2, n, torch.Generator().manual_seed(seed))
+    return LG.sample_linear_gaussian(A, B, s2, n, torch.Generator().manual_seed(seed))
 
 
 def test_log_marginal_likelihood_is_the_gaussian_marginal():
@@ -67,7 +68,7 @@ def test_optimal_mean_field_elbo_matches_monte_carlo_and_the_package_elbo(matrix
     mc, se = monte_carlo_elbo(A_model, B, SIGMA2, x, mu, log_var, 4000, seed=3)
     # for the rotated model q is the exact posterior: log p(x, z) - log q(z) is constant, se = 0
     assert bool(((closed - mc).abs() <= 5 * se + 1e-9).all())
-    # the same q as a VAEEnsemble (one affine layer each), through vaefail.model.elbo
+    # the same q as a VAEEnsemble (one affine layer each), through models.vae.elbo
     model = F.linear_gaussian_ensemble(A_model, B, SIGMA2)
     eps = torch.randn(1, 300, 4000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     package = elbo(model, x.unsqueeze(0), eps)[0]
@@ -99,7 +100,7 @@ def test_appendix_rotation_keeps_p_x_and_raises_the_elbo_to_it():
     # the rotated model's posterior is uncorrelated, so its MFG ELBO is log p(x) itself
     np.testing.assert_allclose(elbo_rotated.numpy(), F.log_marginal_likelihood(A, B, SIGMA2, x).numpy(), atol=1e-10)
     # any orthogonal R keeps p(x); the literal formula with another Lambda does not
-    other = F.rotation(0.7)
+    other = LG.rotation(0.7)
     np.testing.assert_allclose(F.log_marginal_likelihood(A @ other, B, SIGMA2, x).numpy(),
                                F.log_marginal_likelihood(A, B, SIGMA2, x).numpy(), atol=1e-10)
     literal = A @ F.appendix_rotation(A, SIGMA2, eigenvalues=[1.0, 2.0])
@@ -122,18 +123,18 @@ def test_elbo_maximising_rotation_beats_every_angle(s2):
 
 def test_elbo_maximising_rotation_of_an_entangled_map_is_its_angle():
     for angle in [0.3, math.pi / 4, 1.2]:
-        matrix = F.entangled_linear_map([1.5, 0.4], angle)
+        matrix = LG.entangled_linear_map([1.5, 0.4], angle)
         R = F.elbo_maximising_rotation(matrix, SIGMA2)
         # R(angle) up to a signed permutation of columns
-        np.testing.assert_allclose(np.abs((F.rotation(angle).T @ R).numpy()).max(0), [1.0, 1.0], atol=1e-10)
+        np.testing.assert_allclose(np.abs((LG.rotation(angle).T @ R).numpy()).max(0), [1.0, 1.0], atol=1e-10)
 
 
 def test_linear_gaussian_ensemble_encoder_is_the_exact_posterior_mean():
     _, x = data(30)
-    model = F.linear_gaussian_ensemble(torch.stack([A, A @ F.rotation(0.4)]), B, SIGMA2)
+    model = F.linear_gaussian_ensemble(torch.stack([A, A @ LG.rotation(0.4)]), B, SIGMA2)
     codes = F.encoder_codes(model, x)
     np.testing.assert_allclose(codes[0].numpy(), F.exact_posterior(A, B, SIGMA2, x)[0].numpy(), atol=1e-12)
-    np.testing.assert_allclose(codes[1].numpy(), F.exact_posterior(A @ F.rotation(0.4), B, SIGMA2, x)[0].numpy(),
+    np.testing.assert_allclose(codes[1].numpy(), F.exact_posterior(A @ LG.rotation(0.4), B, SIGMA2, x)[0].numpy(),
                                atol=1e-12)
 
 
@@ -163,8 +164,8 @@ def test_elbo_preferred_rotation_entangles_the_codes():
 
 def test_linear_gaussian_split_is_seeded_and_has_the_model_covariance():
     sizes = {"train": 20000, "valid": 10}
-    first = F.linear_gaussian_split(A, B, SIGMA2, sizes, seed=5)
-    again = F.linear_gaussian_split(A, B, SIGMA2, sizes, seed=5)
+    first = LG.linear_gaussian_split(A, B, SIGMA2, sizes, seed=5)
+    again = LG.linear_gaussian_split(A, B, SIGMA2, sizes, seed=5)
     for key in ["z_train", "x_train", "z_valid", "x_valid"]:
         np.testing.assert_array_equal(first[key], again[key])
     assert first["z_train"].shape == (20000, 2) and first["x_valid"].shape == (10, 5)

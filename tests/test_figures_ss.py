@@ -1,4 +1,4 @@
-"""Posterior helpers of the semi-supervised figures (vaefail.posteriors, M2 part) against
+"""Posterior helpers of the semi-supervised figures (evaluation.posteriors, M2 part) against
 closed forms.
 
 Continuous y: with f(y, z) = a y + b z + c and y, z ~ N(0, 1), (y, z) is a 2-D latent with a
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import posteriors as P
-from vaefail.m2 import Labels, M2Ensemble
+from vaefail.evaluation import posteriors as P
+from vaefail.models.m2 import Labels, M2Ensemble
 
 
 def gaussian_posterior(A, b, s2, x):

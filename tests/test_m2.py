@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from vaefail import m2
-from vaefail.m2 import Labels, M2Ensemble
-from vaefail.m2_task import M2Task
-from vaefail.nets import random_init
+from vaefail.engine.m2_task import M2Task
+from vaefail.engine.train import LinSettings, TrainSettings, train_ensemble
+from vaefail.models import m2
+from vaefail.models.m2 import Labels, M2Ensemble
+from vaefail.models.nets import random_init
 from vaefail.randomness import MemberStreams
-from vaefail.train import LinSettings, TrainSettings, train_ensemble
 
 torch.set_default_dtype(torch.float64)
 

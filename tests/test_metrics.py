@@ -1,4 +1,5 @@
-"""Tests of vaefail.metrics against closed forms, brute force and known null behaviour.
+"""Tests of the reference metrics (tests/reference/metrics.py) against closed forms, brute force
+and known null behaviour.
 
 The smoothed-kNN marginals are checked against (a) a softmax for k = 1, (b) enumeration of all
 k-subsets on tiny inputs and (c) an independent log-space forward/backward dynamic programme over
@@ -15,7 +16,7 @@ import pytest
 from scipy.spatial.distance import cdist
 from scipy.special import digamma, logsumexp
 
-from vaefail.metrics import (
+from reference.metrics import (
     _soft_knn_graph,
     _soft_knn_graph_sums,
     _standardised_cross_count,

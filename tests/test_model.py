@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vaefail.model import (elbo, encoder_mutual_information, iwae_bound, kl_to_standard_normal,
+from vaefail.models.vae import (elbo, encoder_mutual_information, iwae_bound, kl_to_standard_normal,
                            log_normal, sigma2_closed_form)
 
 torch.set_default_dtype(torch.float64)
@@ -151,7 +151,7 @@ def test_encoder_mutual_information_is_zero_without_dependence_and_large_with_it
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_logsumexp_is_torchs_but_leaves_negligible_weights_out_of_the_gradient(dtype):
-    from vaefail.model import NEGLIGIBLE_WEIGHT, logsumexp
+    from vaefail.models.vae import NEGLIGIBLE_WEIGHT, logsumexp
     gen = torch.Generator().manual_seed(3)
     x = (torch.randn(4, 6, 20, generator=gen, dtype=torch.float64) * 40).to(dtype)   # many weights ~1e-30
     grad = torch.randn(4, 6, generator=gen, dtype=torch.float64).to(dtype)

@@ -1,4 +1,4 @@
-"""Tests of vaefail.posteriors against closed-form linear-Gaussian posteriors.
+"""Tests of evaluation.posteriors against closed-form linear-Gaussian posteriors.
 
 For f(z) = A z + b, x | z ~ N(f(z), diag(s2)), z ~ N(0, I_K) the posterior is Gaussian with
 covariance S = (I + A^T diag(1/s2) A)^-1 and mean m = S A^T diag(1/s2) (x - b), and the data
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import posteriors as P
-from vaefail.model import VAEEnsemble
+from vaefail.evaluation import posteriors as P
+from vaefail.models.vae import VAEEnsemble
 
 
 def linear_posterior(A, b, s2, x):

@@ -1,4 +1,4 @@
-"""Tests of vaefail.projection (appendix K, Figure 5) against closed forms.
+"""Tests of analyses.projection (appendix K, Figure 5) against closed forms.
 
 For a linear-Gaussian model f(z) = A z + b, x | z ~ N(f(z), sigma^2 I) with its exact posterior
 mean as the encoder, the projection is M(x) = b + P (x - b), P = A S A^T / sigma^2, and both the
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from vaefail import disentanglement as F
-from vaefail import projection as K
-from vaefail.datasets import circle
-from vaefail.model import VAEEnsemble
+from vaefail.analyses import disentanglement as F
+from vaefail.analyses import projection as K
+from vaefail.data.datasets import circle
+from vaefail.models.vae import VAEEnsemble
+from vaefail.report.figures.figure5 import plot_projection_panel
 
 A = torch.tensor([[1.0], [0.5]], dtype=torch.float64)         # a line in 2-D, K = 1
 B = torch.tensor([0.2, -0.1], dtype=torch.float64)
@@ -217,7 +218,7 @@ def test_figure5_panel_draws(tmp_path):
     example = K.adversarial_example(g, x, K.manifold_labels(g, line, z), [0.0, 0.5, 1.0], {"true": true}, steps=5)
     fig, ax = plt.subplots()
     manifold = line(torch.linspace(-2, 2, 50, dtype=torch.float64).unsqueeze(-1)).numpy()
-    K.plot_projection_panel(ax, manifold, out["grid"], out["true"][0], example, "true", g, "true model")
+    plot_projection_panel(ax, manifold, out["grid"], out["true"][0], example, "true", g, "true model")
     fig.savefig(tmp_path / "panel.png")
     plt.close(fig)
     assert (tmp_path / "panel.png").stat().st_size > 0

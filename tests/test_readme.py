@@ -1,8 +1,10 @@
-"""The README's parameter table says what config.yaml and the schema say."""
+"""The README says what the code holds: its parameter table what config.yaml and the schema say,
+its "What is where" the package's tree."""
 import re
 from pathlib import Path
 
 import yaml
+from test_layers import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,11 +37,41 @@ def test_every_setting_is_in_the_readme_table_with_the_presets_values():
             assert presets[preset][key] == expected, (preset, key)
 
 
-def test_what_is_where_names_every_module_of_the_package():
+def what_is_where_folders() -> dict[str, str]:
+    """The text of each sub-item of 'What is where' under `src/vaefail/`, by the folder it is
+    about: "" for the top level, "models" for the item that starts with `models/`, ..."""
     text = (ROOT / "README.md").read_text()
     section = text.split("## What is where", 1)[1].split("\n## ", 1)[0]
+    package = section.split("- `src/vaefail/`", 1)[1].split("\n- ", 1)[0]
+    items = re.split(r"\n  - ", package)[1:]
+    folders = {}
+    for item in items:
+        named = re.match(r"`(\w+)/`", item)
+        folders["" if item.startswith("top level") else named.group(1) if named else item[:20]] = item
+    return folders
+
+
+def modules_under(folder: Path) -> set[str]:
+    """The modules of a package folder and, as `name/`, its subpackages with their modules."""
+    names = {p.name for p in folder.glob("*.py") if p.name != "__init__.py"}
+    for sub in folder.iterdir():
+        if sub.is_dir() and (sub / "__init__.py").exists():
+            names |= {sub.name + "/"} | modules_under(sub)
+    return names
+
+
+def test_what_is_where_names_every_module_of_the_package():
+    """One item per folder of src/vaefail (and one for the top level), in the order of the layers
+    (tests/test_layers.py), each naming every module of its folder and nothing that is not there."""
     package = ROOT / "src" / "vaefail"
-    modules = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
-    modules += [p.name + "/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
-    missing = [m for m in modules if f"`{m}`" not in section]
-    assert not missing, f"README's 'What is where' does not name {missing}"
+    folders = what_is_where_folders()
+    subpackages = {p.name for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert list(folders) == ["", *(layer for layer in LAYERS if layer in subpackages)], \
+        "README's 'What is where' has one item per subpackage, in the order of the layers"
+    for folder, item in folders.items():
+        expected = ({p.name for p in package.glob("*.py") if p.name != "__init__.py"} if folder == ""
+                    else modules_under(package / folder))
+        named = set(re.findall(r"`(\w+\.py|\w+/)`", item)) - {f"{folder}/"}
+        where = f"README's item on {folder + '/' if folder else 'the top level'}"
+        assert expected <= named, f"{where} does not name {sorted(expected - named)}"
+        assert named <= expected, f"{where} names {sorted(named - expected)}, which it does not hold"

@@ -20,11 +20,14 @@ import pytest
 import torch
 import yaml
 
-from vaefail import config, files, grid, selection, training_job, uci
+from vaefail import config, files, grid
 from vaefail.config import ROOT
-from vaefail.data_files import make_dataset, make_uci_splits
-from vaefail.semisupervised import train_ss_job
-from vaefail.surrogate import make_surrogate
+from vaefail.data import uci
+from vaefail.data.dataset_files import make_dataset, make_uci_splits
+from vaefail.data.surrogate import make_surrogate
+from vaefail.jobs import training_job
+from vaefail.jobs.semisupervised import train_ss_job
+from vaefail.report import selection
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 HAVE_DEV_FULL = os.path.exists("/dev/full")

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from vaefail.model import VAEEnsemble
-from vaefail.nets import FlatParameters, MaskedAdam, StackedMLP, random_init
+from vaefail.engine.train import LinSettings, TrainSettings, train_vae
+from vaefail.models.nets import FlatParameters, MaskedAdam, StackedMLP, random_init
+from vaefail.models.vae import VAEEnsemble
 from vaefail.randomness import MemberStreams
-from vaefail.train import LinSettings, TrainSettings, train_vae
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -183,8 +183,8 @@ def test_in_float32_a_member_is_bit_identical_at_any_position_and_beside_a_faili
 
 
 def test_the_vae_and_m2_tasks_have_every_method_of_the_task_interface():
-    from vaefail.m2_task import M2Task
-    from vaefail.train import TrainingTask, VAETask
+    from vaefail.engine.m2_task import M2Task
+    from vaefail.engine.train import TrainingTask, VAETask
 
     methods = {name for name, value in vars(TrainingTask).items() if callable(value) and not name.startswith("_")}
     assert methods >= {"start_epoch", "select_batch", "loss", "inner_loss", "draw_inner_batch", "mutual_information"}

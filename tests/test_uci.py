@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vaefail.uci import (DEFAULT_DATA_DIR, SPECS, UCI_DATASETS, DataIntegrityError, _allocate,
+from vaefail.data.uci import (DEFAULT_DATA_DIR, SPECS, UCI_DATASETS, DataIntegrityError, _allocate,
                          _label_mask, load_uci, split_uci, standardise, uci_spec, verify_checksum)
 
 EXPECTED = {  # name: (rows, features, class counts)

@@ -34,14 +34,14 @@ from torch import nn
 
 from . import grid
 from .config import resolve
-from .evaluate import evaluate_members
-from .m2 import Labels, M2Ensemble
-from .model import VAEEnsemble
-from .nets import random_init
+from .engine.m2_task import M2Task
+from .engine.train import LinSettings, TrainSettings, VAETask, train_ensemble, train_vae
+from .evaluation.evaluate import evaluate_members
+from .models.m2 import Labels, M2Ensemble
+from .models.nets import random_init
+from .models.vae import VAEEnsemble
 from .randomness import MemberStreams
 from .runtime import configure_cpu, configure_device
-from .m2_task import M2Task
-from .train import LinSettings, TrainSettings, VAETask, train_ensemble, train_vae
 
 HIDDEN = [50, 50, 50]
 UCI_HIDDEN = [100, 100, 100]
@@ -218,7 +218,7 @@ _NOISE_AND_OPTIMISER = {"vaefail::noise": "noise and shuffles", "vaefail::optimi
 
 
 def _timed_targets():
-    from .nets import FlatParameters, MaskedAdam
+    from .models.nets import FlatParameters, MaskedAdam
     targets = [(MemberStreams, name, "vaefail::noise") for name in ("normal", "uniform", "permutation", "randint")]
     return targets + [(MaskedAdam, "step", "vaefail::optimiser"), (FlatParameters, "zero_grad", "vaefail::optimiser")]
 
@@ -443,7 +443,7 @@ def job_flops_per_epoch(settings: dict, experiment: str, dataset: str, setting: 
         per_step = flops_per_m2_step(S, 2, 1, 2, settings["hidden_layers"], B, max(1, round(B * n_l / n_u)),
                                      setting.unlabelled_posterior)
         return "semi_iwae20", members * (n_u // B) * per_step
-    from .uci import uci_spec
+    from .data.uci import uci_spec
     spec = uci_spec(dataset)
     rows = spec.n_rows // 3
     n_l = round(settings["label_fraction"] * rows)
@@ -691,7 +691,7 @@ def main(argv=None) -> None:
     if device.type == "cpu":
         # the members a training job trains at once on the CPU (training_job's chunks); time per
         # epoch grows linearly with the chunks (compute-bound), so whole jobs scale by members
-        from .training_job import CPU_ROWS_PER_CHUNK
+        from .jobs.training_job import CPU_ROWS_PER_CHUNK
         samples = {"unsupervised_vae": 1, "unsupervised_iwae20": 20, "semi_iwae20": 20, "uci_iwae20": 20}
         timed_members = {k: min(shapes[k].members, max(1, CPU_ROWS_PER_CHUNK // (BATCH * s))) for k, s in samples.items()}
     if args.quick:

@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import grid
-from .uci import UCI_DATASETS, uci_spec
 
 # --- titles -------------------------------------------------------------------------------
 DATASET_TITLES = {
     "figure-8": "Figure-8", "circle": "Circle", "absolute-value": "Absolute-Value", "clusters": "Clusters",
     "spiral-dots": "Spiral-Dots", "discrete-semicircle": "Discrete Semi-Circle",
     "continuous-semicircle": "Continuous Semi-Circle",
-    **{name: uci_spec(name).title for name in UCI_DATASETS},
+    "diabetic-retinopathy": "Diabetic Retinopathy", "contraceptive": "Contraceptive", "titanic": "Titanic",
 }
 # Table columns, claims and the report's captions.
 METHOD_TITLES = {"vae": "VAE", "lin": "LIN", "iwae": "IWAE"}
@@ -60,8 +59,8 @@ def is_semi_supervised(table: str) -> bool:
 
 UNSUPERVISED_TABLES = tuple(name for name in TABLES if not is_semi_supervised(name))
 SEMI_SUPERVISED_TABLES = tuple(name for name in TABLES if is_semi_supervised(name))
-# Measurements behind the claims the paper makes with figures (vaefail.figure_claims), in
-# appendix F's text (vaefail.appendix_f) and in appendix K (vaefail.appendix_k).
+# Measurements behind the claims the paper makes with figures (analyses.figure_claims), in
+# appendix F's text (analyses.appendix_f) and in appendix K (analyses.appendix_k).
 FIGURE_CLAIM_TABLES = ("theorem1", "separation")
 DISENTANGLEMENT_TABLE = "disentanglement"
 APPENDIX_K_TABLES = ("appendix_k_denoising", "appendix_k_attack")
@@ -101,6 +100,18 @@ def claim_inputs(settings: dict) -> list[str]:
 def all_restarts_path(experiment: str) -> str:
     """Every restart of an experiment, with whether selection kept it."""
     return f"selected/{experiment}-all-restarts.csv"
+
+
+# --- appendix F's table: its rows and columns -------------------------------------------
+# Rows: appendix F's closed-form models (by the names of analyses.disentanglement's
+# appendix_f_models), then one per trained setting (disentanglement_row).
+DISENTANGLEMENT_MODEL_ROWS = {"original": "true A", "appendix_rotation": "A R (appendix F)",
+                              "elbo_maximising": "A R* (ELBO-maximising)"}
+LOG_PX, ELBO, BOUND, MIG, MIG_NATS = "test log p(x)", "test ELBO", "test training bound", "MIG", "MIG (nats)"
+
+
+def disentanglement_row(method: str, samples: int) -> str:
+    return METHOD_TITLES[method] + (f" S={samples}" if method == "iwae" else "")
 
 
 # --- figures (each is drawn as .pdf and .png; paths without extension unless given) ---------

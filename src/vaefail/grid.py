@@ -33,7 +33,7 @@ SEMI_CIRCLE_EXPERIMENTS = ("semisupervised", "labelshare")
 LABEL_SHARE_DATASET = "discrete-semicircle"
 METHODS = ("vae", "lin", "iwae")
 UCI_DATASETS = ("diabetic-retinopathy", "contraceptive", "titanic")
-# Appendix F's data: drawn from a linear-Gaussian truth (vaefail.appendix_f), no surrogate decoder.
+# Appendix F's data: drawn from a linear-Gaussian truth (data.linear_gaussian), no surrogate decoder.
 LINEAR_GAUSSIAN = "linear-gaussian"
 LINEAR_GAUSSIAN_LATENT_DIM = 2
 

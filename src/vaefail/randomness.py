@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.fx.experimental._config
 
-log = logging.getLogger("vaefail.randomness")
+log = logging.getLogger(__name__)
 
 MASK32 = 0xFFFFFFFF
 _PHILOX_M0, _PHILOX_M1 = 0xD2511F53, 0xCD9E8D57   # round multipliers

@@ -3,10 +3,10 @@ up to floating-point rounding.  Run by tests/gpu/run.sh on a lent GPU machine.""
 import pytest
 import torch
 
-from vaefail.evaluate import evaluate_members
-from vaefail.m2 import Labels
+from vaefail.engine.train import TrainSettings, train_ensemble, train_vae
+from vaefail.evaluation.evaluate import evaluate_members
+from vaefail.models.m2 import Labels
 from vaefail.randomness import MemberStreams
-from vaefail.train import TrainSettings, train_ensemble, train_vae
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -36,7 +36,7 @@ from vaefail import catalogue
 from vaefail import config as vconfig
 from vaefail import files
 from vaefail import grid
-from vaefail.uci import uci_spec
+from vaefail.data.uci import uci_spec
 
 if Path(vconfig.__file__).resolve().parent != (SRC / "vaefail").resolve():
     raise WorkflowError(f"the workflow in {workflow.basedir} imported vaefail from {Path(vconfig.__file__).parent}, "
