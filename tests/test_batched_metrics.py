@@ -1,4 +1,5 @@
-"""Tests of vaefail.evaluation.batched_metrics against the float64 reference in
+"""Tests of the batched statistics (vaefail.evaluation.smooth_knn, .ksg and their neighbour
+search, .neighbours) against the float64 reference in
 tests/reference/metrics.py.
 
 The reference is itself checked against brute force and closed forms in tests/test_metrics.py;
@@ -18,8 +19,9 @@ import torch
 from reference.metrics import cross_sample_deficit as reference_deficit
 from reference.metrics import ksg_mutual_information as reference_ksg
 from reference.metrics import smooth_knn_statistic as reference_statistic
-from vaefail.evaluation import batched_metrics
-from vaefail.evaluation.batched_metrics import ksg_mutual_information, smooth_knn_statistics
+from vaefail.evaluation import neighbours, smooth_knn
+from vaefail.evaluation.ksg import ksg_mutual_information
+from vaefail.evaluation.smooth_knn import smooth_knn_statistics
 
 RELATIVE = 1e-6
 ABSOLUTE = 1e-9
@@ -162,8 +164,8 @@ def test_statistic_matches_the_reference_on_the_gpu_code_paths(
     monkeypatch, block_size, chunk_entries, budget
 ):
     # Several members per group and chunks spanning members, as a GPU run does, forced on the CPU.
-    monkeypatch.setattr(batched_metrics, "ONE_MEMBER_PER_GROUP_ON_CPU", False)
-    monkeypatch.setattr(batched_metrics, "CPU_CHUNK_ENTRIES", chunk_entries)
+    monkeypatch.setattr(smooth_knn, "ONE_MEMBER_PER_GROUP_ON_CPU", False)
+    monkeypatch.setattr(neighbours, "CPU_CHUNK_ENTRIES", chunk_entries)
     rng = np.random.default_rng(7)
     sample_1, sample_2 = curve(rng, 3, 300, 0.12, 1.05), curve(rng, 3, 250, 0.1)
     values = smooth_knn_statistics(

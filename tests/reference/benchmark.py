@@ -1,4 +1,4 @@
-"""Time the batched metrics (vaefail.evaluation.batched_metrics) against the reference
+"""Time the batched metrics (vaefail.evaluation.smooth_knn and .ksg) against the reference
 (reference.metrics) on data like the paper's 2-D examples, seconds per member.
 
     PYTHONPATH=src:tests python -m reference.benchmark [--members 12] [--threads 1] [--repeats 3]
@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from reference import metrics
-from vaefail.evaluation.batched_metrics import ksg_mutual_information, smooth_knn_statistics
+from vaefail.evaluation.ksg import ksg_mutual_information
+from vaefail.evaluation.smooth_knn import smooth_knn_statistics
 
 
 def _realistic_samples(n_members: int, n_points: int, seed: int = 0):

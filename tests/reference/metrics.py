@@ -1,6 +1,6 @@
 """The float64 numpy/scipy reference of the workflow's sample-based metrics: a smoothed kNN
 two-sample statistic and the KSG mutual information.  The workflow computes both with
-vaefail.evaluation.batched_metrics (torch, all members at once); the tests hold that to this
+vaefail.evaluation.smooth_knn and .ksg (torch, all members at once); the tests hold that to this
 reference (tests/test_batched_metrics.py) and this to closed forms and brute force
 (tests/test_metrics.py).
 
@@ -36,7 +36,8 @@ from scipy.special import digamma
 
 # The argument checks, and the neglect rule that both implementations must share to agree:
 # a candidate j of row i is neglected only if alpha * (d_ij - d_i(k)) >= NEGLECTED_LOG_WEIGHT_GAP.
-from vaefail.evaluation.batched_metrics import NEGLECTED_LOG_WEIGHT_GAP, _as_count, _as_positive_float
+from vaefail.evaluation.neighbours import _as_count, _as_positive_float
+from vaefail.evaluation.smooth_knn import NEGLECTED_LOG_WEIGHT_GAP
 
 __all__ = [
     "cross_sample_deficit",

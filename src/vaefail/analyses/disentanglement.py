@@ -21,7 +21,7 @@ R^T Lambda R: the rotation that diagonalises A^T diag(1/s2) A closes the mean-fi
 ELBO prefers it — and its latent z' = R^T z mixes ("entangles") the true latents.  Part (b)
 measures entanglement of trained models by the KSG mutual information between learned and
 true latents and the Mutual Information Gap (MIG) of Chen et al. (2018), with the KSG
-estimator the evaluation uses (evaluation.batched_metrics).
+estimator the evaluation uses (evaluation.ksg).
 
 Conventions: float64 torch; A is (D, K) (or batched (..., D, K)); s2 is a scalar, (D,) or
 batched (..., D); x is (N, D) (or (..., N, D)); per-point results are (..., N).
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..data.linear_gaussian import DTYPE, as_float64, noise_variances, rotation
-from ..evaluation.batched_metrics import ksg_mutual_information
+from ..evaluation.ksg import ksg_mutual_information
 from ..models.vae import VAEEnsemble
 
 LOG_2PI = math.log(2 * math.pi)

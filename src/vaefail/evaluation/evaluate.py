@@ -13,7 +13,8 @@ from ..engine.bounds import mean_bound, sum_over_chunks
 from ..engine.sampling import StreamNoise, vae_samples
 from ..models.vae import VAEEnsemble, log_importance_weights, sigma2_closed_form
 from ..randomness import MemberStreams
-from .batched_metrics import ksg_mutual_information, smooth_knn_statistics
+from .ksg import ksg_mutual_information
+from .smooth_knn import smooth_knn_statistics
 
 
 @torch.no_grad()

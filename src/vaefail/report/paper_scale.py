@@ -30,7 +30,7 @@ import torch
 
 from .. import grid
 from ..catalogue import TABLES, selected_path, table_path
-from ..evaluation.batched_metrics import smooth_knn_statistics
+from ..evaluation.smooth_knn import smooth_knn_statistics
 from ..files import load_npz, read_csv, write_bytes
 from . import evidence as E
 from .paper_values import PAPER
