@@ -5,7 +5,10 @@ quantity, so a member's metrics do not depend on which other members shared its 
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
+from contextlib import contextmanager
 
 import torch
 
@@ -15,6 +18,17 @@ from ..models.vae import VAEEnsemble, log_importance_weights, sigma2_closed_form
 from ..randomness import MemberStreams
 from .ksg import ksg_mutual_information
 from .smooth_knn import smooth_knn_statistics
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def logged_stage(what: str, members: int):
+    """Log how long one stage of an evaluation took: a long job's evaluation is minutes of
+    silence otherwise."""
+    start = time.perf_counter()
+    yield
+    log.info("evaluated %d members: %s in %.1f s", members, what, time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -62,24 +76,26 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
     """
     repeats = settings["eval_samples"]
     obj_samples, obj_repeats = bound_draws(objective, samples, repeats)
-    metrics = {
-        "objective_valid": mean_bound(model, data["valid"], streams, "objective-valid", objective,
-                                      obj_samples, obj_repeats),
-        "objective_test": mean_bound(model, data["test"], streams, "objective-test", objective,
-                                     obj_samples, obj_repeats),
-        "elbo_test": mean_bound(model, data["test"], streams, "elbo-test", "elbo", repeats, 1),
-        "log_px_test": log_marginal_likelihood(model, data["test"], streams, settings["eval_logpx_samples"]),
-        "sigma2_closed_form": closed_form_sigma2(model, data["train"], streams, repeats),
-    }
+    with logged_stage(f"bounds and log p(x) ({settings['eval_logpx_samples']} samples)", model.M):
+        metrics = {
+            "objective_valid": mean_bound(model, data["valid"], streams, "objective-valid", objective,
+                                          obj_samples, obj_repeats),
+            "objective_test": mean_bound(model, data["test"], streams, "objective-test", objective,
+                                         obj_samples, obj_repeats),
+            "elbo_test": mean_bound(model, data["test"], streams, "elbo-test", "elbo", repeats, 1),
+            "log_px_test": log_marginal_likelihood(model, data["test"], streams, settings["eval_logpx_samples"]),
+            "sigma2_closed_form": closed_form_sigma2(model, data["train"], streams, repeats),
+        }
     for split in ("valid", "test"):
         n = data[split].shape[1]
         knn = knn_over_draws(lambda purpose: vae_samples(model, n, StreamNoise(streams, purpose)),
                              f"samples-{split}", data[split], settings)
         metrics.update({f"knn_{split}{suffix}": values for suffix, values in knn.items()})
-    codes = latent_codes(model, data["test"], streams)
-    metrics["mi_test"] = torch.stack([ksg_mutual_information(data["test"].double(), codes[..., k].double(),
-                                                             settings["mi_neighbours"])
-                                      for k in range(model.K)], -1)
+    with logged_stage("KSG mutual information", model.M):
+        codes = latent_codes(model, data["test"], streams)
+        metrics["mi_test"] = torch.stack([ksg_mutual_information(data["test"].double(), codes[..., k].double(),
+                                                                 settings["mi_neighbours"])
+                                          for k in range(model.K)], -1)
     metrics = {name: values.cpu() for name, values in metrics.items()}
     sigma2 = model.log_sigma2.detach().exp().squeeze(1).double().cpu()
     results = []
@@ -107,12 +123,13 @@ def knn_over_draws(draw_samples, purpose: str, true_x: torch.Tensor, settings: d
     deficit, 1 - t / E_null[t]) and "_draw_sd" the statistic's sd over the draws (the
     evaluation noise of one draw; NaN with one draw).  Each (M,) float64."""
     values, deficits = [], []
-    for draw in range(settings["knn_draws"]):
-        samples_x = draw_samples(purpose if draw == 0 else f"{purpose}-draw{draw}")
-        value, deficit = smooth_knn_statistics(samples_x.double(), true_x.double(), settings["knn_k"],
-                                               settings["knn_temperature"], with_deficit=True)
-        values.append(value)
-        deficits.append(deficit)
+    with logged_stage(f"kNN statistic of {purpose} ({settings['knn_draws']} draws)", true_x.shape[0]):
+        for draw in range(settings["knn_draws"]):
+            samples_x = draw_samples(purpose if draw == 0 else f"{purpose}-draw{draw}")
+            value, deficit = smooth_knn_statistics(samples_x.double(), true_x.double(), settings["knn_k"],
+                                                   settings["knn_temperature"], with_deficit=True)
+            values.append(value)
+            deficits.append(deficit)
     values, deficits = torch.stack(values), torch.stack(deficits)
     spread = values.std(0) if len(values) > 1 else torch.full_like(values[0], math.nan)
     return {"": values.mean(0), "_deficit": deficits.mean(0), "_draw_sd": spread}
