@@ -325,3 +325,15 @@ def test_ksg_rejects_bad_input_naming_the_argument(arguments, name):
     arguments = dict(x=GOOD, y=GOOD[..., 0], k=3) | arguments
     with pytest.raises(ValueError, match=name):
         ksg_mutual_information(**arguments)
+
+
+def test_each_knn_evaluation_logs_its_time(caplog):
+    # A long job's evaluation must not be minutes of silence: each stage says what it did.
+    from vaefail.evaluation.evaluate import knn_over_draws
+    rng = np.random.default_rng(3)
+    truth = torch.tensor(rng.normal(size=(2, 40, 2)))
+    settings = {"knn_draws": 2, "knn_k": 3, "knn_temperature": 0.01}
+    with caplog.at_level("INFO", logger="vaefail.evaluation.evaluate"):
+        knn_over_draws(lambda purpose: truth + 0.1, "samples-test", truth, settings)
+    assert any("evaluated 2 members: kNN statistic of samples-test (2 draws) in" in r.getMessage()
+               for r in caplog.records)
