@@ -36,7 +36,7 @@ from . import grid
 from .config import resolve
 from .engine.m2_task import M2Task
 from .engine.train import LinSettings, TrainSettings, VAETask, train_ensemble, train_vae
-from .evaluation.evaluate import evaluate_members
+from .evaluation.evaluate import bound_draws, evaluate_members
 from .models.m2 import Labels, M2Ensemble
 from .models.nets import random_init
 from .models.vae import VAEEnsemble
@@ -399,21 +399,52 @@ def compile_costs() -> dict:
 
 
 # --- evaluation --------------------------------------------------------------------------------
-def evaluation_seconds_per_member(device, members: int = 50, settings: dict | None = None) -> float:
+EVAL_SIZES = {"train": 5000, "valid": 2000, "test": 2000}
+
+
+def evaluation_flops(settings: dict, samples: int = 20, sizes: dict = EVAL_SIZES, data_dim: int = 2,
+                     latent_dim: int = 1, hidden: list[int] = HIDDEN) -> dict[str, float]:
+    """Matmul FLOPs per member of each stage of evaluate_members for an IWAE model with S
+    `samples`.  "bounds": the IWAE bound on validation and test (S samples x eval_samples
+    draws), the test ELBO and Theorem 2's sigma^2 on train (eval_samples samples), log p(x) on
+    test (eval_logpx_samples); "knn": decoding the model's samples (one per data point and draw);
+    "ksg": encoding the test points.  The encoder runs once per point and draw, the decoder once
+    per sample."""
+    def encoder(rows):
+        return mlp_flops([data_dim, *hidden, 2 * latent_dim], rows)
+
+    def decoder(rows):
+        return mlp_flops([latent_dim, *hidden, data_dim], rows)
+    repeats = settings["eval_samples"]
+    obj_samples, obj_repeats = bound_draws("iwae", samples, repeats)
+    checked = sizes["valid"] + sizes["test"]
+    bounds = (decoder(obj_samples * obj_repeats * checked + repeats * sizes["test"]
+                      + settings["eval_logpx_samples"] * sizes["test"] + repeats * sizes["train"])
+              + encoder(obj_repeats * checked + 2 * sizes["test"] + sizes["train"]))
+    return {"bounds": bounds, "knn": decoder(settings["knn_draws"] * checked), "ksg": encoder(sizes["test"])}
+
+
+def evaluation_seconds_per_member(device, members: int = 50, settings: dict | None = None) -> dict[str, float]:
     """evaluate_members on a 50-member unsupervised IWAE S=20 ensemble at the paper's data
-    sizes (2000 validation and test points, 5000 training points, eval settings of `paper`)."""
+    sizes (EVAL_SIZES, eval settings of `paper`): seconds per member in all ("total") and per
+    stage ("bounds", "knn", "ksg")."""
     settings = settings or paper_settings()
     model, streams = vae_ensemble(members, device)
-    data = {"train": _toy_data(5000, 2, 1), "valid": _toy_data(2000, 2, 2), "test": _toy_data(2000, 2, 3)}
+    data = {split: _toy_data(n, 2, seed) for seed, (split, n) in enumerate(EVAL_SIZES.items(), 1)}
     data = {k: v.unsqueeze(0).expand(members, -1, -1).to(device) for k, v in data.items()}
     failed = torch.zeros(members, dtype=torch.bool)
     evaluate_members(model, {k: v[:, :200] for k, v in data.items()}, streams, objective="iwae", samples=20,
                      settings=settings, failed=failed)    # warm-up
     _synchronise(device)
-    start = clock()
-    evaluate_members(model, data, streams, objective="iwae", samples=20, settings=settings, failed=failed)
+    stage_wall: dict[str, float] = {}
+    start, wall_start = clock(), time.perf_counter()
+    evaluate_members(model, data, streams, objective="iwae", samples=20, settings=settings, failed=failed,
+                     timings=stage_wall)
     _synchronise(device)
-    return (clock() - start) / members
+    total, wall = clock() - start, time.perf_counter() - wall_start
+    # The stages are timed on the wall clock; share the process's seconds out in proportion.
+    scale = total / wall if wall > 0 else 1.0
+    return {"total": total / members, **{k: v * scale / members for k, v in stage_wall.items()}}
 
 
 def paper_settings() -> dict:
@@ -721,10 +752,16 @@ def main(argv=None) -> None:
     summary["profile"] = print_profiles(device, timed_members)
     eval_members = 50 if not args.quick else 5
     eval_settings = paper_settings()
-    eval_s = {"unsupervised": evaluation_seconds_per_member(device, eval_members, eval_settings)}
+    eval_stages = evaluation_seconds_per_member(device, eval_members, eval_settings)
+    eval_s = {"unsupervised": eval_stages["total"]}
     eval_s["semi"] = eval_s["unsupervised"]   # the same metrics on the same sizes, plus cohorts (below)
+    bounds_flops = evaluation_flops(eval_settings)["bounds"]
+    bounds_rate = bounds_flops / eval_stages["bounds"]
     print(f"evaluation of a {eval_members}-member unsupervised job at the paper's sizes: "
-          f"{eval_s['unsupervised']:.3f} s per member", flush=True)
+          f"{eval_s['unsupervised']:.3f} s per member: bounds and log p(x) {eval_stages['bounds']:.3f} s "
+          f"({bounds_flops / 1e9:.1f} GFLOP of matmuls, {bounds_rate / 1e9:.1f} GFLOP/s, {bounds_rate / peak:.0%} "
+          f"of the matmul rate; {bounds_flops / peak:.3f} s at that rate), kNN statistics {eval_stages['knn']:.3f} s, "
+          f"KSG {eval_stages['ksg']:.3f} s", flush=True)
     factor = lin_factor(device, 50 if not args.quick else 5, epochs=1)
     print(f"LIN while aggressive: {factor:.1f}x a VAE epoch (assumed aggressive throughout: an upper bound)")
     hours = paper_grid_hours(eval_settings, rates, eval_s, factor)
@@ -744,6 +781,9 @@ def main(argv=None) -> None:
         "semi_iwae20_epoch_s": round(epoch_s["semi_iwae20"], 4),
         "unsupervised_iwae20_epoch_s": round(epoch_s["unsupervised_iwae20"], 4),
         "eval_s_per_member": round(eval_s["unsupervised"], 4),
+        "eval_stage_s_per_member": {k: round(v, 4) for k, v in eval_stages.items() if k != "total"},
+        "eval_bounds_gflop_per_member": round(bounds_flops / 1e9, 2),
+        "eval_bounds_sgemm_fraction": round(bounds_rate / peak, 3),
         "matmul_gflops": round(peak / 1e9, 1),
         "sm_utilisation": utilisation.mean,
         "paper_grid_hours": round(total, 2),

@@ -23,12 +23,16 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def logged_stage(what: str, members: int):
+def logged_stage(what: str, members: int, timings: dict | None = None, key: str | None = None):
     """Log how long one stage of an evaluation took: a long job's evaluation is minutes of
-    silence otherwise."""
+    silence otherwise.  With `timings`, also add the seconds to timings[key] (the bench's
+    breakdown of an evaluation)."""
     start = time.perf_counter()
     yield
-    log.info("evaluated %d members: %s in %.1f s", members, what, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    log.info("evaluated %d members: %s in %.1f s", members, what, seconds)
+    if timings is not None:
+        timings[key or what] = timings.get(key or what, 0.0) + seconds
 
 
 @torch.no_grad()
@@ -67,7 +71,8 @@ def bound_draws(objective: str, samples: int, repeats: int) -> tuple[int, int]:
 
 def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams: MemberStreams, *,
                      objective: str,
-                     samples: int, settings: dict, failed: torch.Tensor) -> list[dict]:
+                     samples: int, settings: dict, failed: torch.Tensor,
+                     timings: dict | None = None) -> list[dict]:
     """All per-restart metrics.  data[split]: (M, N, D) — each member's own version.
 
     objective_*: the method's own training objective (ELBO, or IWAE bound with its S),
@@ -76,7 +81,7 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
     """
     repeats = settings["eval_samples"]
     obj_samples, obj_repeats = bound_draws(objective, samples, repeats)
-    with logged_stage(f"bounds and log p(x) ({settings['eval_logpx_samples']} samples)", model.M):
+    with logged_stage(f"bounds and log p(x) ({settings['eval_logpx_samples']} samples)", model.M, timings, "bounds"):
         metrics = {
             "objective_valid": mean_bound(model, data["valid"], streams, "objective-valid", objective,
                                           obj_samples, obj_repeats),
@@ -89,9 +94,9 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
     for split in ("valid", "test"):
         n = data[split].shape[1]
         knn = knn_over_draws(lambda purpose: vae_samples(model, n, StreamNoise(streams, purpose)),
-                             f"samples-{split}", data[split], settings)
+                             f"samples-{split}", data[split], settings, timings)
         metrics.update({f"knn_{split}{suffix}": values for suffix, values in knn.items()})
-    with logged_stage("KSG mutual information", model.M):
+    with logged_stage("KSG mutual information", model.M, timings, "ksg"):
         codes = latent_codes(model, data["test"], streams)
         metrics["mi_test"] = torch.stack([ksg_mutual_information(data["test"].double(), codes[..., k].double(),
                                                                  settings["mi_neighbours"])
@@ -115,7 +120,8 @@ def evaluate_members(model: VAEEnsemble, data: dict[str, torch.Tensor], streams:
     return results
 
 
-def knn_over_draws(draw_samples, purpose: str, true_x: torch.Tensor, settings: dict) -> dict[str, torch.Tensor]:
+def knn_over_draws(draw_samples, purpose: str, true_x: torch.Tensor, settings: dict,
+                   timings: dict | None = None) -> dict[str, torch.Tensor]:
     """The smooth kNN statistic of each member's samples against true_x, averaged over
     `knn_draws` independent draws of the samples (draw_samples(purpose) -> (M, n, D); draw 0
     uses `purpose` itself, so one draw gives the numbers of a single evaluation), with:
@@ -123,7 +129,8 @@ def knn_over_draws(draw_samples, purpose: str, true_x: torch.Tensor, settings: d
     deficit, 1 - t / E_null[t]) and "_draw_sd" the statistic's sd over the draws (the
     evaluation noise of one draw; NaN with one draw).  Each (M,) float64."""
     values, deficits = [], []
-    with logged_stage(f"kNN statistic of {purpose} ({settings['knn_draws']} draws)", true_x.shape[0]):
+    with logged_stage(f"kNN statistic of {purpose} ({settings['knn_draws']} draws)", true_x.shape[0],
+                      timings, "knn"):
         for draw in range(settings["knn_draws"]):
             samples_x = draw_samples(purpose if draw == 0 else f"{purpose}-draw{draw}")
             value, deficit = smooth_knn_statistics(samples_x.double(), true_x.double(), settings["knn_k"],
