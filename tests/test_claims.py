@@ -146,3 +146,17 @@ def test_comparing_two_runs_counts_decided_claims_class_changes_and_flips():
     assert counts["decided_first"] == 3 and counts["decided_second"] == 3
     assert counts["changed_class"] == 3 and counts["flipped"] == 1
     assert sorted(changed["claim"]) == ["a", "b", "c"]
+
+
+def test_compare_claims_prints_each_runs_evidence_beside_a_changed_verdict(tmp_path, capsys):
+    first = pd.DataFrame({"claim": ["a", "b"], "verdict": ["supported", "exact"], "effect": [1.0, 0.0],
+                          "ci_low": [0.5, None], "ci_high": [1.5, None], "n": [5, None]})
+    second = first.assign(verdict=["inconclusive", "exact"], effect=[0.4, 0.0], ci_low=[-0.1, None],
+                          ci_high=[0.9, None])
+    first.to_csv(tmp_path / "first.csv", index=False)
+    second.to_csv(tmp_path / "second.csv", index=False)
+    counts = C.write_verdict_comparison(str(tmp_path / "first.csv"), str(tmp_path / "second.csv"))
+    printed = capsys.readouterr().out
+    assert counts["changed_class"] == 1 and counts["flipped"] == 0
+    assert "supported 1 [0.5, 1.5] n=5" in printed and "inconclusive 0.4 [-0.1, 0.9] n=5" in printed
+    assert "exact" not in printed.split("\n", 1)[1]          # an unchanged claim is not listed

@@ -453,11 +453,25 @@ def compare_verdicts(first: pd.DataFrame, second: pd.DataFrame) -> tuple[dict, p
     return counts, changed.reset_index()
 
 
+def _evidence(effect, low, high, n) -> str:
+    """'effect [low, high] n=N' of one claim, as compare-claims prints it."""
+    if pd.isna(effect):
+        return ""
+    interval = "" if pd.isna(low) else f" [{low:.3g}, {high:.3g}]"
+    return f"{effect:.3g}{interval} n={int(n)}" if not pd.isna(n) else f"{effect:.3g}{interval}"
+
+
 def write_verdict_comparison(first_csv: str, second_csv: str, out_csv: str | None = None) -> dict:
     counts, changed = compare_verdicts(read_csv(first_csv), read_csv(second_csv))
     print(", ".join(f"{k} {v}" for k, v in counts.items()))
     if len(changed):
-        print(changed[["claim", "verdict_first", "verdict_second"]].to_string(index=False))
+        # each run's evidence beside its verdict: a class change with overlapping intervals is
+        # the noise of a claim near its threshold, not a contradiction
+        shown = pd.DataFrame({"claim": changed["claim"]})
+        for run in ("first", "second"):
+            shown[run] = [f"{verdict} {_evidence(effect, low, high, n)}" for verdict, effect, low, high, n in
+                          zip(*(changed[f"{c}_{run}"] for c in ("verdict", "effect", "ci_low", "ci_high", "n")))]
+        print(shown.to_string(index=False))
     if out_csv:
         write_bytes(out_csv, changed.to_csv(index=False).encode())
     return counts
