@@ -9,7 +9,6 @@ from vaefail.evaluation.evaluate import evaluate_members
 def test_evaluation_flops_equal_the_matmul_flops_the_profiler_counts():
     """evaluation_flops (which the bench's evaluation rate divides by) counts every batched
     matmul of an evaluation: the profiler's count of the same call agrees exactly."""
-    torch.set_num_threads(1)
     settings = dict(bench.paper_settings(), eval_samples=3, eval_logpx_samples=7, knn_draws=2)
     sizes = {"train": 50, "valid": 30, "test": 20}
     members, samples = 2, 5
