@@ -8,7 +8,15 @@ import torch
 from vaefail.models.vae import (elbo, encoder_mutual_information, iwae_bound, kl_to_standard_normal,
                            log_normal, sigma2_closed_form)
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Closed forms are checked in float64; restored after each test so other modules keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():

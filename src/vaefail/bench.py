@@ -89,12 +89,13 @@ def flops_per_m2_step(samples: int, data_dim: int, latent_dim: int, label_dim: i
 
 
 # --- the paper's job shapes --------------------------------------------------------------------
-def _toy_data(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+def _toy_data(n: int, dim: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    # dtype explicit: the bench's models are float32 whatever torch's default dtype is
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, 1, generator=gen)
+    z = torch.randn(n, 1, generator=gen, dtype=dtype)
     base = torch.cat([torch.cos(3 * z), torch.sin(2 * z)], -1)
     x = base.repeat(1, -(-dim // 2))[:, :dim]
-    return x + 0.1 * torch.randn(n, dim, generator=gen)
+    return x + 0.1 * torch.randn(n, dim, generator=gen, dtype=dtype)
 
 
 def vae_ensemble(members: int, device, data_dim=2, latent_dim=1, hidden=HIDDEN, dtype=torch.float32):
