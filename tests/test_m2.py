@@ -12,14 +12,8 @@ from vaefail.models.nets import random_init
 from vaefail.randomness import MemberStreams
 
 
-
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """Closed forms are checked in float64; restored after each test so other modules keep float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# closed forms in float64; the fixture restores torch's default dtype after each test
+pytestmark = pytest.mark.usefixtures("float64_by_default")
 
 
 def _model(labels, M=1, seed=0, K=1, D=2, unlabelled_posterior="x"):

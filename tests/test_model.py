@@ -9,14 +9,8 @@ from vaefail.models.vae import (elbo, encoder_mutual_information, iwae_bound, kl
                            log_normal, sigma2_closed_form)
 
 
-
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """Closed forms are checked in float64; restored after each test so other modules keep float32."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# closed forms in float64; the fixture restores torch's default dtype after each test
+pytestmark = pytest.mark.usefixtures("float64_by_default")
 
 
 def test_kl_to_standard_normal_matches_torch_distributions():
